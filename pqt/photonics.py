@@ -1,0 +1,300 @@
+"""Photonic QNNs: Perceval ``GenericInterferometer`` meshes and their output distributions.
+
+A :class:`PhotonicQNN` is a rectangular (Clements) mesh of Mach-Zehnder interferometers over
+M modes fed with N single photons. Its output is the distribution over the C(M, N)
+collision-free patterns, the events in which N threshold detectors click.
+
+Outcome order (documented contract): the patterns are the N-subsets of the modes in
+``itertools.combinations`` order, so the first one is |1,1,...,1,0,...,0> and the last one
+|0,...,0,1,...,1>. This is the paper's order.
+
+How it is evaluated: the circuit stays the Perceval object (``qnn.circuit``), and its phase
+parameters are the Perceval parameters in ``circuit.get_parameters()`` order. For speed the
+unitary columns that the input photons see are built directly from those phases, one
+vectorised MZI layer at a time (checked against ``circuit.compute_unitary()`` in the tests),
+and the collision-free probabilities are the squared permanents |Perm(U[S, inputs])|^2 of the
+N x N submatrices. Large photon numbers fall back to Perceval's SLOS fed with that unitary.
+``perceval_distribution`` is the straightforward Perceval path (Processor + Sampler), kept as
+the reference the tests and ``pqt bench`` compare against.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import perceval as pcvl
+
+from pqt.errors import UserError
+
+# Above this many photons the N! permutation table grows too large; use Perceval's SLOS.
+_MAX_PERMANENT_PHOTONS = 6
+
+
+def mzi(index: int) -> pcvl.Circuit:
+    """One Mach-Zehnder interferometer: BS, internal phase, BS, external phase (top mode)."""
+    return (
+        pcvl.BS()
+        // (0, pcvl.PS(pcvl.P(f"phi_{index:03d}_a")))
+        // pcvl.BS()
+        // (0, pcvl.PS(pcvl.P(f"phi_{index:03d}_b")))
+    )
+
+
+def default_input_modes(modes: int, photons: int) -> tuple[int, ...]:
+    """The paper's input: one photon in each of ``int(linspace(0, M-1, N))``."""
+    return tuple(int(v) for v in np.linspace(0, modes - 1, photons))
+
+
+@dataclass(frozen=True)
+class _MeshLayer:
+    """MZIs of one layer act on disjoint mode pairs, so a layer is one vectorised update."""
+
+    top: np.ndarray  # top mode of each MZI
+    bottom: np.ndarray  # top + 1
+    phase_a: np.ndarray  # index into the phase vector of each MZI's internal phase
+    phase_b: np.ndarray  # ... and of its external phase
+
+
+def _mesh_layers(circuit: pcvl.Circuit, param_index: dict[str, int]) -> list[_MeshLayer]:
+    """Read the flattened circuit back into MZI layers (BS, PS, BS, PS on each mode pair)."""
+    # Barriers only align the drawing; they act as the identity.
+    components = [(r, c) for r, c in circuit if not isinstance(c, pcvl.components.Barrier)]
+    if len(components) % 4:
+        raise ValueError("interferometer is not made of MZIs (BS, PS, BS, PS)")
+    depth = [0] * circuit.m
+    by_layer: dict[int, list[tuple[int, int, int]]] = {}
+    for i in range(0, len(components), 4):
+        (r0, bs0), (r1, ps_a), (r2, bs1), (r3, ps_b) = components[i : i + 4]
+        top = r0[0]
+        if not (
+            isinstance(bs0, pcvl.BS) and isinstance(bs1, pcvl.BS)
+            and isinstance(ps_a, pcvl.PS) and isinstance(ps_b, pcvl.PS)
+            and tuple(r0) == tuple(r2) == (top, top + 1) and tuple(r1) == tuple(r3) == (top,)
+        ):
+            raise ValueError("interferometer is not made of MZIs (BS, PS, BS, PS)")
+        layer = max(depth[top], depth[top + 1])
+        depth[top] = depth[top + 1] = layer + 1
+        a = param_index[ps_a.get_parameters()[0].name]
+        b = param_index[ps_b.get_parameters()[0].name]
+        by_layer.setdefault(layer, []).append((top, a, b))
+    layers = []
+    for layer in sorted(by_layer):
+        top, a, b = (np.array(v) for v in zip(*by_layer[layer], strict=True))
+        layers.append(_MeshLayer(top, top + 1, a, b))
+    return layers
+
+
+class PhotonicQNN:
+    """An M-mode, N-photon universal interferometer whose phases are trainable.
+
+    >>> qnn = PhotonicQNN(modes=9, photons=4)
+    >>> qnn.n_parameters, len(qnn.outcomes)
+    (72, 126)
+    """
+
+    def __init__(self, modes: int, photons: int, input_modes: tuple[int, ...] | None = None) -> None:
+        if photons < 1 or modes < 2:
+            raise UserError(f"a photonic QNN needs at least 2 modes and 1 photon (got {modes} modes, "
+                            f"{photons} photons)")
+        if photons > modes:
+            raise UserError(f"{photons} photons do not fit in {modes} modes collision-free: "
+                            f"use at most {modes} photons or at least {photons} modes")
+        if input_modes is None:
+            input_modes = default_input_modes(modes, photons)
+        input_modes = tuple(int(k) for k in input_modes)
+        if len(input_modes) != photons or len(set(input_modes)) != photons or not all(
+            0 <= k < modes for k in input_modes
+        ):
+            raise UserError(f"input modes {input_modes} must be {photons} distinct modes in 0..{modes - 1}")
+        self.modes = modes
+        self.photons = photons
+        self.input_modes = input_modes
+        self.circuit = pcvl.GenericInterferometer(modes, mzi, shape=pcvl.InterferometerShape.RECTANGLE)
+        self.parameters = self.circuit.get_parameters()
+        self.parameter_names = [p.name for p in self.parameters]
+        occupation = [0] * modes
+        for k in input_modes:
+            occupation[k] = 1
+        self.input_state = pcvl.BasicState(occupation)
+        self._layers = _mesh_layers(self.circuit, {n: i for i, n in enumerate(self.parameter_names)})
+        # Output patterns: N-subsets of modes in combinations order (see module docstring).
+        self.output_modes = np.array(list(itertools.combinations(range(modes), photons)), dtype=np.int64)
+        self._torch_cache: dict[Any, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"PhotonicQNN(modes={self.modes}, photons={self.photons}, input_modes={self.input_modes})"
+
+    @property
+    def n_parameters(self) -> int:
+        return len(self.parameters)
+
+    @property
+    def n_outcomes(self) -> int:
+        return math.comb(self.modes, self.photons)
+
+    @cached_property
+    def outcomes(self) -> list[tuple[int, ...]]:
+        """Occupation tuples of the collision-free patterns, in distribution order."""
+        patterns = []
+        for subset in self.output_modes:
+            occ = [0] * self.modes
+            for k in subset:
+                occ[k] = 1
+            patterns.append(tuple(occ))
+        return patterns
+
+    @cached_property
+    def _permutations(self) -> np.ndarray:
+        return np.array(list(itertools.permutations(range(self.photons))), dtype=np.int64)
+
+    # ---- unitary -------------------------------------------------------------------------------
+    def _check_phases(self, phases: Any) -> None:
+        if len(phases) != self.n_parameters:
+            raise UserError(f"{self!r} takes {self.n_parameters} phases, got {len(phases)}")
+
+    def _propagate(self, phases: Any, columns: Any, xp: Any, index: Any) -> Any:
+        """Apply the mesh to ``columns`` (M x k), layer by layer; ``xp`` is numpy or torch."""
+        x = columns
+        for layer in index:
+            top, bottom, pa, pb, rest, inverse = layer
+            ea = xp.exp(1j * phases[pa])
+            eb = xp.exp(1j * phases[pb])
+            # MZI = PS(b) . BS . PS(a) . BS with Perceval's BS (Rx convention):
+            # [[eb (ea - 1), i eb (ea + 1)], [i (ea + 1), 1 - ea]] / 2
+            t00 = (0.5 * eb * (ea - 1))[:, None]
+            t01 = (0.5j * eb * (ea + 1))[:, None]
+            t10 = (0.5j * (ea + 1))[:, None]
+            t11 = (0.5 * (1 - ea))[:, None]
+            xt, xb = x[top], x[bottom]
+            stacked = xp.concatenate([t00 * xt + t01 * xb, t10 * xt + t11 * xb, x[rest]])
+            x = stacked[inverse]
+        return x
+
+    def _layer_index(self, to: Any = None) -> list[tuple]:
+        key = ("index", to)
+        if key not in self._torch_cache:
+            index = []
+            for layer in self._layers:
+                touched = np.concatenate([layer.top, layer.bottom])
+                rest = np.setdiff1d(np.arange(self.modes), touched)
+                order = np.concatenate([touched, rest])
+                inverse = np.argsort(order)
+                arrays = (layer.top, layer.bottom, layer.phase_a, layer.phase_b, rest, inverse)
+                index.append(tuple(to(a) if to else a for a in arrays))
+            self._torch_cache[key] = index
+        return self._torch_cache[key]
+
+    def unitary(self, phases: Any) -> np.ndarray:
+        """The full M x M unitary of the mesh for ``phases`` (equals ``circuit.compute_unitary()``)."""
+        phases = np.asarray(phases, dtype=np.float64)
+        self._check_phases(phases)
+        return self._propagate(phases, np.eye(self.modes, dtype=np.complex128), np, self._layer_index())
+
+    def input_columns(self, phases: Any) -> np.ndarray:
+        """U[:, input_modes]: the only part of the unitary the photons see (M x N)."""
+        phases = np.asarray(phases, dtype=np.float64)
+        self._check_phases(phases)
+        start = np.eye(self.modes, dtype=np.complex128)[:, list(self.input_modes)]
+        return self._propagate(phases, start, np, self._layer_index())
+
+    # ---- distributions -------------------------------------------------------------------------
+    def collision_free_probabilities(self, columns: Any, xp: Any = np) -> Any:
+        """Unnormalised |Perm(U[S, inputs])|^2 for every pattern S, from the M x N columns."""
+        if xp is np:
+            rows, perms = self.output_modes[:, None, :], self._permutations[None, :, :]
+        else:
+            rows, perms = self._torch_gather_index(columns.device)
+        terms = columns[rows, perms]  # (K, N!, N): U[S_i, sigma(i)]
+        perm = terms.prod(-1).sum(-1)
+        return perm.real**2 + perm.imag**2
+
+    def _torch_gather_index(self, device: Any) -> tuple[Any, Any]:
+        import torch
+
+        key = ("gather", str(device))
+        if key not in self._torch_cache:
+            self._torch_cache[key] = (
+                torch.as_tensor(self.output_modes[:, None, :], device=device),
+                torch.as_tensor(self._permutations[None, :, :], device=device),
+            )
+        return self._torch_cache[key]
+
+    def exact_distribution(self, phases: Any) -> np.ndarray:
+        """Exact collision-free distribution (sums to 1) over :attr:`outcomes`."""
+        columns = self.input_columns(phases)
+        if self.photons <= _MAX_PERMANENT_PHOTONS:
+            probs = self.collision_free_probabilities(columns)
+        else:
+            probs = self._slos_probabilities(phases)
+        return probs / probs.sum()
+
+    def _slos_probabilities(self, phases: Any) -> np.ndarray:
+        """Perceval's SLOS fed with the vectorised unitary (for many photons)."""
+        backend = pcvl.BackendFactory.get_backend("SLOS")
+        backend.set_circuit(pcvl.Unitary(pcvl.Matrix(self.unitary(phases))))
+        backend.set_input_state(self.input_state)
+        dist = backend.prob_distribution()
+        return np.array([dist.get(pcvl.BasicState(list(o)), 0.0) for o in self.outcomes])
+
+    def distribution(self, phases: Any, shots: int | None = None,
+                     seed: int | np.random.Generator | None = None) -> np.ndarray:
+        """Exact distribution (``shots=None``) or the frequencies of ``shots`` detection events.
+
+        The events are a true multinomial draw from the exact collision-free distribution,
+        seeded by ``seed`` (an int or a ``numpy.random.Generator``).
+        """
+        probs = self.exact_distribution(phases)
+        if shots is None:
+            return probs
+        return sample_frequencies(probs, shots, seed)
+
+    # ---- torch (differentiable) ----------------------------------------------------------------
+    def torch_distribution(self, phases: Any) -> Any:
+        """Differentiable exact distribution: ``phases`` a float64 torch tensor (grad allowed)."""
+        import torch
+
+        device = phases.device
+        index = self._layer_index(to=lambda a: torch.as_tensor(a, device=device))
+        start = torch.eye(self.modes, dtype=torch.complex128, device=device)[:, list(self.input_modes)]
+        columns = self._propagate(phases, start, torch, index)
+        probs = self.collision_free_probabilities(columns, xp=torch)
+        return probs / probs.sum()
+
+    def random_phases(self, rng: np.random.Generator) -> np.ndarray:
+        """Phases uniform in [0, 2 pi), as the paper initialises them."""
+        return rng.uniform(0.0, 2.0 * np.pi, self.n_parameters)
+
+
+def sample_frequencies(probs: np.ndarray, shots: int,
+                       seed: int | np.random.Generator | None = None) -> np.ndarray:
+    """Empirical frequencies of ``shots`` events drawn (multinomially) from ``probs``."""
+    if isinstance(shots, bool) or not isinstance(shots, (int, np.integer)) or shots < 1:
+        raise UserError(f"shots must be a whole number >= 1 (got {shots!r}); use --shots exact for "
+                        "exact probabilities")
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    p = np.clip(probs, 0.0, None)
+    counts = rng.multinomial(int(shots), p / p.sum())
+    return counts / float(shots)
+
+
+def perceval_distribution(qnn: PhotonicQNN, phases: Any) -> np.ndarray:
+    """The straightforward Perceval path: ``Processor("SLOS")`` + ``Sampler.probs()``.
+
+    Restricted to the collision-free patterns and renormalised. Slow; the reference.
+    """
+    from perceval.algorithm import Sampler
+    from perceval.runtime.legacy import Processor
+
+    for p, v in zip(qnn.parameters, np.asarray(phases, dtype=np.float64), strict=True):
+        p.set_value(float(v))
+    processor = Processor("SLOS", qnn.circuit)
+    processor.with_input(qnn.input_state)
+    processor.min_detected_photons_filter(qnn.photons)
+    results = Sampler(processor).probs()["results"]
+    probs = np.array([results.get(pcvl.BasicState(list(o)), 0.0) for o in qnn.outcomes])
+    return probs / probs.sum()
