@@ -1,0 +1,166 @@
+"""The execution layer: where the photonic QNNs run.
+
+Training code only ever calls :meth:`Backend.evaluate` with the QNNs and their phases; every
+backend (exact SLOS, shot sampling, noisy simulation, Quandela's cloud) returns one
+:class:`Evaluation` per circuit over the QNN's collision-free patterns, in ``qnn.outcomes``
+order. Shot accounting, the shot budget and the counters checkpointed with a run live here, so
+that a new backend only implements :meth:`Backend._run`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from pqt.errors import UserError
+
+if TYPE_CHECKING:
+    from pqt.photonics import PhotonicQNN
+
+
+@dataclass
+class Evaluation:
+    """One circuit's output: probabilities over ``qnn.outcomes`` and what it cost."""
+
+    probs: np.ndarray
+    shots_sent: int = 0  # shots (detection attempts) spent; 0 for exact probabilities
+    shots_kept: int = 0  # of those, events with N clicks (post-selected)
+
+
+@dataclass(frozen=True)
+class Option:
+    """A backend setting: becomes the CLI flag ``--<name>`` and the config key ``backend_options.<key>``."""
+
+    name: str
+    type: Any
+    default: Any
+    help: str
+    secret: bool = False  # never a flag, never recorded (tokens come from the environment)
+
+    @property
+    def key(self) -> str:
+        return self.name.replace("-", "_")
+
+
+class BudgetExhausted(UserError):
+    """The next job would spend more shots than ``--max-shots`` allows."""
+
+
+class BackendFailure(UserError):
+    """A backend gave up (after its retries); the run stops with its last checkpoint kept."""
+
+
+@dataclass
+class Counters:
+    evaluations: int = 0  # circuits evaluated
+    jobs_submitted: int = 0  # remote jobs actually sent (0 for local backends)
+    shots_used: int = 0  # shots sent
+    shots_kept: int = 0  # post-selected events among them
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(abc.ABC):
+    """Base class for photonic backends.
+
+    ``shots=None`` asks for exact probabilities (where the backend can give them); an int asks
+    for the empirical frequencies of that many shots per circuit.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    options: ClassVar[tuple[Option, ...]] = ()
+    can_be_exact: ClassVar[bool] = True
+    ideal: ClassVar[bool] = True  # noiseless: the exact-gradient optimizer may use its simulation
+
+    def __init__(self, shots: int | None, seed: int = 0, max_shots: int | None = None,
+                 run_dir: Path | None = None, **options: Any) -> None:
+        if shots is not None and (isinstance(shots, bool) or int(shots) != shots or shots < 1):
+            raise UserError(f"shots must be a whole number >= 1 (got {shots!r}); use --shots exact for "
+                            "exact probabilities")
+        if shots is None and not self.can_be_exact:
+            raise UserError(f"backend {self.name!r} only samples: give --shots N")
+        if max_shots is not None and max_shots < 1:
+            raise UserError(f"--max-shots must be >= 1 (got {max_shots})")
+        self.shots = None if shots is None else int(shots)
+        self.seed = int(seed)
+        self.max_shots = max_shots
+        self.run_dir = run_dir
+        self.settings = {opt.key: options.get(opt.key, opt.default) for opt in self.options}
+        self.counters = Counters()
+        self.rng = np.random.default_rng(self.seed)
+
+    # ---- what training code calls --------------------------------------------------------------
+    @property
+    def exact(self) -> bool:
+        return self.shots is None
+
+    @property
+    def supports_exact_gradient(self) -> bool:
+        """Whether phases may be trained by backpropagating through an exact ideal simulation."""
+        return self.exact and self.ideal
+
+    def reseed(self, *key: int) -> None:
+        """Restart the sampling stream from (seed, *key): a resumed round replays the same shots."""
+        self.rng = np.random.default_rng([self.seed, *key])
+
+    def evaluate(self, qnns: Sequence[PhotonicQNN], phases: Sequence[np.ndarray],
+                 tag: str = "") -> list[Evaluation]:
+        """Output distributions of several circuits (submitted together where that helps).
+
+        ``tag`` names the request deterministically within a run (e.g. ``"r3/cobyla/17"``), so a
+        backend that pays per job can recognise a request it already sent before a restart.
+        """
+        if len(qnns) != len(phases):
+            raise ValueError("one phase vector per QNN")
+        needed = 0 if self.shots is None else self.shots * len(qnns)
+        if self.max_shots is not None and self.counters.shots_used + needed > self.max_shots:
+            raise BudgetExhausted(
+                f"shot budget reached: {self.counters.shots_used:,} of --max-shots {self.max_shots:,} used "
+                f"and the next evaluation needs {needed:,}; raise --max-shots to continue (pqt train --resume)"
+            )
+        results = self._run(qnns, [np.asarray(p, dtype=np.float64) for p in phases], tag)
+        self.counters.evaluations += len(results)
+        for r in results:
+            self.counters.shots_used += r.shots_sent
+            self.counters.shots_kept += r.shots_kept
+        return results
+
+    @abc.abstractmethod
+    def _run(self, qnns: Sequence[PhotonicQNN], phases: Sequence[np.ndarray], tag: str) -> list[Evaluation]:
+        """Evaluate the circuits; the base class does the accounting."""
+
+    @property
+    def postselection_rate(self) -> float | None:
+        """Fraction of the shots sent that gave N clicks (None when nothing was sampled)."""
+        c = self.counters
+        return c.shots_kept / c.shots_used if c.shots_used else None
+
+    def plan(self, evaluations: int) -> dict[str, int]:
+        """Jobs and shots that ``evaluations`` circuit evaluations will need."""
+        shots = 0 if self.shots is None else self.shots * evaluations
+        return {"jobs": evaluations if self.remote else 0, "shots": shots}
+
+    remote: ClassVar[bool] = False
+
+    def describe(self) -> dict[str, Any]:
+        """Settings to record with a run (never secrets)."""
+        public = {o.key for o in self.options if not o.secret}
+        return {"backend": self.name, "shots": self.shots if self.shots is not None else "exact",
+                **{k: v for k, v in self.settings.items() if k in public}}
+
+    # ---- checkpointing ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        c = self.counters
+        return {"evaluations": c.evaluations, "jobs_submitted": c.jobs_submitted,
+                "shots_used": c.shots_used, "shots_kept": c.shots_kept, "extra": dict(c.extra)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.counters = Counters(**state)
+
+    def close(self) -> None:
+        """Release connections or pools (nothing for local backends)."""
