@@ -1,0 +1,131 @@
+"""The MPS mapping model: (binary index of weight k, probability value) -> weight k.
+
+The paper's parameterisation (TorchMPS style): n input sites with the feature map
+x -> [x, 1 - x], open boundaries, the output site in the middle (n // 2 sites on its left), and
+one trainable bias matrix per half added to every site matrix of that half:
+
+    A_s(x) = W_s[0] * x + W_s[1] * (1 - x) + B_half          (chi x chi)
+    y      = e_0^T  A_1 ... A_{n/2}  O  A_{n/2+1} ... A_n  e_0
+
+with fixed boundary vectors e_0. Parameters: n * 2 * chi^2 + chi^2 (O) + 2 * chi^2 (B) =
+31 chi^2 for the paper's n = 14 features. Initialisation starts near the identity (cores
+~ N(0, init_std), biases and O = identity), so every weight starts at the same value.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pqt.errors import UserError
+
+
+@dataclass(frozen=True)
+class FixedSitesPlan:
+    """Precomputed structure for inputs whose features are fixed except the last one.
+
+    In Quantum-Train only the probability value (the last feature) changes between calls; the
+    13 index bits never do, and they take few distinct values per half (<= 2^7 each). Contracting
+    each half once per *distinct* bit pattern and gathering is exact and much cheaper than one
+    chain of matrix products per weight.
+    """
+
+    left_unique: torch.Tensor  # (U_l, n_left) distinct left-half feature rows
+    left_inverse: torch.Tensor  # (B,) row -> index into left_unique
+    right_unique: torch.Tensor  # (U_r, n_right - 1) distinct right-half rows, last site excluded
+    right_inverse: torch.Tensor  # (B,)
+
+
+def mps_parameter_count(n_inputs: int, bond_dim: int) -> int:
+    return (2 * n_inputs + 3) * bond_dim**2
+
+
+class MPSMapper(nn.Module):
+    def __init__(self, n_inputs: int, bond_dim: int, init_std: float = 1e-9) -> None:
+        super().__init__()
+        if isinstance(bond_dim, bool) or int(bond_dim) != bond_dim or bond_dim < 1:
+            raise UserError(f"bond dimension must be a whole number >= 1 (got {bond_dim!r})")
+        if n_inputs < 2:
+            raise UserError(f"the MPS needs at least 2 input features (got {n_inputs})")
+        chi = int(bond_dim)
+        self.bond_dim = chi
+        self.n_inputs = n_inputs
+        self.n_left = n_inputs // 2
+        n_right = n_inputs - self.n_left
+        eye = torch.eye(chi)
+        self.left_cores = nn.Parameter(torch.randn(self.n_left, 2, chi, chi) * init_std)
+        self.right_cores = nn.Parameter(torch.randn(n_right, 2, chi, chi) * init_std)
+        self.left_bias = nn.Parameter(eye.clone())
+        self.right_bias = nn.Parameter(eye.clone())
+        self.output_core = nn.Parameter(eye + torch.randn(chi, chi) * init_std)
+        boundary = torch.zeros(chi)
+        boundary[0] = 1.0
+        self.register_buffer("boundary", boundary)
+
+    def _site_matrices(self, x: torch.Tensor, cores: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        # x: (B, s) -> (B, s, chi, chi); both feature components in one contraction.
+        feats = torch.stack([x, 1.0 - x], dim=-1)
+        return torch.einsum("bsf,sflr->bslr", feats, cores) + bias
+
+    def plan_fixed(self, fixed: torch.Tensor) -> FixedSitesPlan:
+        """Plan for inputs ``cat([fixed, last])`` where only ``last`` (B,) will vary."""
+        if fixed.shape[-1] != self.n_inputs - 1 or self.n_inputs - self.n_left < 1:
+            raise ValueError(f"fixed features must have {self.n_inputs - 1} columns")
+        lu, li = torch.unique(fixed[:, : self.n_left], dim=0, return_inverse=True)
+        ru, ri = torch.unique(fixed[:, self.n_left :], dim=0, return_inverse=True)
+        return FixedSitesPlan(lu, li, ru, ri)
+
+    def forward_planned(self, plan: FixedSitesPlan, last: torch.Tensor) -> torch.Tensor:
+        """Same result as ``forward(cat([fixed, last[:, None]], 1))``, contracted per distinct row."""
+        lu, ru = plan.left_unique, plan.right_unique
+        left = self._site_matrices(lu, self.left_cores, self.left_bias)
+        v = self._sweep_left(left, self.boundary.expand(lu.shape[0], -1)) @ self.output_core
+        # Right half: the fixed sites form one matrix per distinct row; the last site acts on e_0.
+        n_fixed_right = ru.shape[1]
+        right = self._site_matrices(ru, self.right_cores[:n_fixed_right], self.right_bias)
+        chain = torch.eye(self.bond_dim, dtype=v.dtype, device=v.device).expand(ru.shape[0], -1, -1)
+        for s in range(n_fixed_right):
+            chain = torch.bmm(chain, right[:, s])
+        # The last site acts on e_0 affinely: A(x) e_0 = x * slope + offset. So every output is
+        # y = x * (v^T chain slope) + (v^T chain offset), two (U_l x U_r) tables gathered per weight.
+        last_core = self.right_cores[n_fixed_right]  # (2, chi, chi)
+        slope = last_core[0, :, 0] - last_core[1, :, 0]
+        offset = last_core[1, :, 0] + self.right_bias[:, 0]
+        ends = torch.stack([slope, offset], dim=1)  # (chi, 2)
+        tables = torch.einsum("la,rab,bk->klr", v, chain, ends)  # (2, U_l, U_r)
+        pair = plan.left_inverse * ru.shape[0] + plan.right_inverse
+        flat = tables.reshape(2, -1)
+        return last * flat[0, pair] + flat[1, pair]
+
+    def _sweep_left(self, mats: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        for s in range(mats.shape[1]):
+            v = torch.bmm(v.unsqueeze(1), mats[:, s]).squeeze(1)
+        return v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, n_inputs) features -> (B,) outputs."""
+        if x.shape[-1] != self.n_inputs:
+            raise ValueError(f"MPS expects {self.n_inputs} features, got {x.shape[-1]}")
+        left = self._site_matrices(x[:, : self.n_left], self.left_cores, self.left_bias)
+        right = self._site_matrices(x[:, self.n_left :], self.right_cores, self.right_bias)
+        batch = x.shape[0]
+        v = self._sweep_left(left, self.boundary.expand(batch, -1)) @ self.output_core
+        w = self.boundary.expand(batch, -1)
+        for s in reversed(range(right.shape[1])):  # sweep right -> output site
+            w = torch.bmm(right[:, s], w.unsqueeze(-1)).squeeze(-1)
+        return (v * w).sum(-1)
+
+
+def index_bits(n_weights: int) -> torch.Tensor:
+    """Binary code of each weight index, most significant bit first, encoded as -1/+1.
+
+    ceil(log2 m) bits: 13 for the paper's 6,690 weights.
+    """
+    n_bits = max(1, math.ceil(math.log2(n_weights)))
+    k = torch.arange(n_weights).unsqueeze(1)
+    shifts = torch.arange(n_bits - 1, -1, -1)
+    bits = (k >> shifts) & 1
+    return bits.float() * 2.0 - 1.0
