@@ -1,0 +1,503 @@
+"""Datasets for the 28x28 grayscale 10-class CNN: MNIST, Fashion-MNIST, the Perceval Quest CSVs and
+the offline "partial MNIST" protocol, plus loaders for `pqt predict` inputs.
+
+Every image tensor is float32 (N, 1, 28, 28) with pixels in [0, 1] (uint8 / 255, no normalisation);
+every label tensor is int64 (N,). Bad or missing input raises :class:`pqt.errors.UserError`.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import gzip
+import os
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pqt.errors import UserError
+
+DATASETS = ("mnist", "fashion-mnist", "perceval-quest", "partial-mnist")
+
+ENV_VAR = "PQT_DATA_DIR"
+_HINT = f"pass --data-dir DIR or set {ENV_VAR} (see .env.example)"
+_SIDE = 28
+_NUM_CLASSES = 10
+# Where torchvision downloads go when no data folder is set (never inside the repo).
+_CACHE_DIR = Path("~/.cache/pqt").expanduser()
+# Debian's `dataset-fashion-mnist` package installs the four standard *.gz files here.
+_DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+# Sub-folder torchvision's MNIST/FashionMNIST classes use under their root, per dataset.
+_TORCHVISION_FOLDER = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+_PARTIAL_TRAIN_SIZE = 6000
+
+_IDX_DTYPES = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class Dataset:
+    """Images (N, 1, 28, 28) float32 in [0, 1] and int64 labels (N,).
+
+    Instances returned by :func:`load_dataset` are cached and shared: do not modify them in place.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    name: str
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+# --------------------------------------------------------------------------- locating data
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
+    """Return the data folder: ``data_dir`` (--data-dir) beats ``PQT_DATA_DIR`` (env or ./.env); else None."""
+    if data_dir is not None and str(data_dir) != "":
+        return Path(data_dir).expanduser()
+    # Imported here so that merely importing pqt.data has no side effects on os.environ.
+    from dotenv import load_dotenv
+
+    load_dotenv(Path.cwd() / ".env", override=False)
+    env = os.environ.get(ENV_VAR, "").strip()
+    return Path(env).expanduser() if env else None
+
+
+def find_shared_data_dir() -> Path | None:
+    """Find a ``shared/data`` folder (holding ``mnist/``) beside or above the cwd or this package.
+
+    This is the workspace/CI layout: repo at X/main, data at X/shared/data.
+    """
+    starts = [Path.cwd().resolve(), Path(__file__).resolve().parent]
+    seen: set[Path] = set()
+    for start in starts:
+        for parent in (start, *start.parents):
+            if parent in seen:
+                continue
+            seen.add(parent)
+            candidate = parent / "shared" / "data"
+            if (candidate / "mnist").is_dir():
+                return candidate
+    return None
+
+
+def _find_file(dirs: Iterable[Path], stem: str) -> Path | None:
+    """First existing ``dir/stem`` or ``dir/stem.gz`` (raw preferred: it is faster to read)."""
+    for d in dirs:
+        for name in (stem, stem + ".gz"):
+            p = d / name
+            if p.is_file():
+                return p
+    return None
+
+
+def _fmt_dirs(dirs: Iterable[Path]) -> str:
+    return ", ".join(str(d) for d in dirs)
+
+
+# --------------------------------------------------------------------------- file parsers
+
+
+def _read_bytes(path: Path) -> bytes:
+    """Read a file, gunzipping it when it is named .gz or starts with the gzip magic."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"file not found: {path}; check the path or {_HINT}") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}; check the file's permissions") from None
+    is_gz_name = path.suffix.lower() == ".gz"
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            return gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise UserError(f"corrupt gzip file {path} ({e}); delete it and download it again") from None
+    if is_gz_name:
+        raise UserError(f"{path} is named .gz but is not a gzip file; delete it and download it again")
+    return raw
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (raw or gzip) into an array of its declared shape; validates magic, dims, size."""
+    path = Path(path)
+    data = _read_bytes(path)
+    fix = "the file is corrupt or not an IDX file; delete it and download it again"
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise UserError(f"bad IDX magic number in {path}: {fix}")
+    dtype = _IDX_DTYPES[data[2]]
+    ndim = data[3]
+    if ndim == 0:
+        raise UserError(f"IDX file {path} declares 0 dimensions: {fix}")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise UserError(f"IDX file {path} is truncated inside its header: {fix}")
+    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    actual = len(data) - header
+    if actual != expected:
+        what = "truncated" if actual < expected else "longer than its header says"
+        raise UserError(
+            f"IDX file {path} is {what} ({actual} data bytes, header {dims} needs {expected}): {fix}"
+        )
+    arr = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+    # Native byte order and a writable copy so torch.from_numpy works without warnings.
+    return arr.astype(dtype.newbyteorder("="), copy=True)
+
+
+def _snap_to_255(values: np.ndarray) -> np.ndarray:
+    """float32 pixels; exactly uint8/255 when the values are k/255 (as in the quest CSVs)."""
+    scaled = values * 255.0
+    q = np.rint(scaled)
+    # The CSVs print k/255 with a few rounded digits; snapping makes them bit-identical to IDX pixels.
+    if values.size and np.abs(scaled - q).max() < 1e-3:
+        return q.astype(np.float32) / np.float32(255.0)
+    return values.astype(np.float32)
+
+
+def read_quest_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read a Perceval Quest CSV (header ``image,label``) -> images (N, 28, 28) float32, labels (N,) int64."""
+    path = Path(path)
+    fix = 'fix or replace the file (expected header image,label and rows like "[0.0, ...]",3)'
+    n_pix = _SIDE * _SIDE
+    rows: list[np.ndarray] = []
+    labels: list[int] = []
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None or [h.strip().lower() for h in header] != ["image", "label"]:
+                raise UserError(f"{path} line 1: header is {header!r}, expected ['image', 'label']; {fix}")
+            for row in reader:
+                line = reader.line_num
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue  # tolerate blank lines (e.g. a trailing newline pair)
+                if len(row) != 2:
+                    raise UserError(f"{path} line {line}: expected 2 columns, got {len(row)}; {fix}")
+                text = row[0].strip()
+                if not (text.startswith("[") and text.endswith("]")):
+                    raise UserError(f"{path} line {line}: image is not a bracketed list of numbers; {fix}")
+                parts = text[1:-1].split(",")
+                if len(parts) != n_pix:
+                    raise UserError(
+                        f"{path} line {line}: image has {len(parts)} values, expected {n_pix}; {fix}"
+                    )
+                try:
+                    values = np.array(parts, dtype=np.float64)
+                except ValueError:
+                    raise UserError(f"{path} line {line}: image holds a non-numeric value; {fix}") from None
+                if not np.all((values >= 0.0) & (values <= 1.0)):  # also rejects NaN
+                    raise UserError(
+                        f"{path} line {line}: pixel values must be in [0, 1] (found "
+                        f"{np.nanmin(values):g}..{np.nanmax(values):g}); {fix}"
+                    )
+                try:
+                    label = int(row[1].strip())
+                except ValueError:
+                    raise UserError(
+                        f"{path} line {line}: label {row[1]!r} is not an integer; {fix}"
+                    ) from None
+                if not 0 <= label < _NUM_CLASSES:
+                    raise UserError(f"{path} line {line}: label {label} is outside 0-9; {fix}")
+                rows.append(values)
+                labels.append(label)
+    except FileNotFoundError:
+        raise UserError(f"file not found: {path}; check the path or {_HINT}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a UTF-8 text CSV; {fix}") from None
+    except csv.Error as e:
+        raise UserError(f"{path}: malformed CSV ({e}); {fix}") from None
+    if not rows:
+        raise UserError(f"{path} has a header but no data rows; {fix}")
+    images = _snap_to_255(np.stack(rows)).reshape(-1, _SIDE, _SIDE)
+    return images, np.asarray(labels, dtype=np.int64)
+
+
+# --------------------------------------------------------------------------- tensors
+
+
+def _images_from_uint8(arr: np.ndarray) -> torch.Tensor:
+    # Copy read-only arrays (PIL, np.load mmap) because torch warns on non-writable buffers.
+    arr = np.ascontiguousarray(arr, dtype=np.uint8)
+    if not arr.flags.writeable:
+        arr = arr.copy()
+    return (torch.from_numpy(arr).to(torch.float32) / 255.0).reshape(-1, 1, _SIDE, _SIDE)
+
+
+def _images_from_unit(arr: np.ndarray) -> torch.Tensor:
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not arr.flags.writeable:
+        arr = arr.copy()
+    return torch.from_numpy(arr).reshape(-1, 1, _SIDE, _SIDE)
+
+
+def _idx_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read and cross-check an IDX images/labels pair of 28x28 uint8 digits with labels 0-9."""
+    images = read_idx(images_path)
+    labels = read_idx(labels_path)
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (_SIDE, _SIDE):
+        raise UserError(
+            f"{images_path} holds {images.dtype} {images.shape}, expected uint8 (N, 28, 28) images; "
+            "point at the right file"
+        )
+    if labels.dtype != np.uint8 or labels.ndim != 1:
+        raise UserError(f"{labels_path} holds {labels.dtype} {labels.shape}, expected uint8 (N,) labels")
+    if len(labels) != len(images):
+        raise UserError(
+            f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels; "
+            "use files from the same split"
+        )
+    if labels.size and labels.max() >= _NUM_CLASSES:
+        raise UserError(f"{labels_path} has label {int(labels.max())} outside 0-9; the file is corrupt")
+    return images, labels.astype(np.int64)
+
+
+# --------------------------------------------------------------------------- datasets
+
+_IDX_STEMS = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def _idx_search_dirs(name: str, data_dir: Path | None) -> list[Path]:
+    roots = [data_dir] if data_dir is not None else [_CACHE_DIR]
+    dirs: list[Path] = []
+    for root in roots:
+        dirs += [root, root / _TORCHVISION_FOLDER[name] / "raw"]
+    if name == "fashion-mnist":
+        dirs.append(_DEBIAN_FASHION)
+    return dirs
+
+
+def _find_idx_set(dirs: list[Path]) -> list[Path] | None:
+    """The four IDX files, all from the same folder (mixing splits across folders would be confusing)."""
+    for d in dirs:
+        found = [_find_file([d], stem) for split in ("train", "test") for stem in _IDX_STEMS[split]]
+        if all(p is not None for p in found):
+            return [p for p in found if p is not None]
+    return None
+
+
+def _download_idx(name: str, data_dir: Path | None) -> None:
+    """Let torchvision download the IDX files into root/<MNIST|FashionMNIST>/raw."""
+    root = data_dir if data_dir is not None else _CACHE_DIR
+    try:
+        # Lazy: torchvision is slow to import and only needed for downloads.
+        import torchvision.datasets as tvd
+
+        cls = tvd.MNIST if name == "mnist" else tvd.FashionMNIST
+        for train in (True, False):
+            cls(root=str(root), train=train, download=True)
+    except Exception as e:  # network, permissions, missing torchvision: all mean "get the files yourself"
+        # torchvision's message spans lines (one per mirror); keep the first and the root cause.
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+        first = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+        raise UserError(
+            f"dataset {name!r}: IDX files not found and download into {root} failed ({first}); "
+            f"put the four IDX files in a folder and {_HINT}"
+        ) from None
+
+
+def _stat_key(paths: Iterable[Path]) -> tuple[tuple[str, int, int], ...]:
+    """Cache key: resolved path plus mtime/size, so a replaced file is re-read."""
+    key = []
+    for p in paths:
+        st = p.stat()
+        key.append((str(p.resolve()), st.st_mtime_ns, st.st_size))
+    return tuple(key)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_idx_dataset(name: str, files: tuple[tuple[str, int, int], ...]) -> tuple[Dataset, Dataset]:
+    tr_img, tr_lab, te_img, te_lab = (Path(f[0]) for f in files)
+    out = []
+    for split, (ip, lp) in (("train", (tr_img, tr_lab)), ("test", (te_img, te_lab))):
+        images, labels = _idx_pair(ip, lp)
+        out.append(Dataset(_images_from_uint8(images), torch.from_numpy(labels), f"{name}:{split}"))
+    return out[0], out[1]
+
+
+@functools.lru_cache(maxsize=8)
+def _load_quest_dataset(files: tuple[tuple[str, int, int], ...]) -> tuple[Dataset, Dataset]:
+    out = []
+    for split, f in zip(("train", "test"), files, strict=True):
+        images, labels = read_quest_csv(f[0])
+        out.append(Dataset(_images_from_unit(images), torch.from_numpy(labels), f"perceval-quest:{split}"))
+    return out[0], out[1]
+
+
+@functools.lru_cache(maxsize=8)
+def _load_partial_dataset(files: tuple[tuple[str, int, int], ...]) -> tuple[Dataset, Dataset]:
+    img_path, lab_path, csv_path = (Path(f[0]) for f in files)
+    images, labels = _idx_pair(img_path, lab_path)
+    if len(images) < _PARTIAL_TRAIN_SIZE:
+        raise UserError(
+            f"{img_path} has {len(images)} images; partial-mnist needs at least {_PARTIAL_TRAIN_SIZE} "
+            "(use the full MNIST t10k file)"
+        )
+    # The protocol: first 6,000 t10k images in file order; the remaining 4,000 stay held out.
+    train = Dataset(
+        _images_from_uint8(images[:_PARTIAL_TRAIN_SIZE]),
+        torch.from_numpy(labels[:_PARTIAL_TRAIN_SIZE].copy()),
+        "partial-mnist:train",
+    )
+    q_images, q_labels = read_quest_csv(csv_path)
+    test = Dataset(_images_from_unit(q_images), torch.from_numpy(q_labels), "partial-mnist:test")
+    return train, test
+
+
+def _require_dir(name: str, data_dir: Path, source: str) -> None:
+    if not data_dir.is_dir():
+        raise UserError(f"dataset {name!r}: data folder {data_dir} (from {source}) does not exist; {_HINT}")
+
+
+def load_dataset(
+    name: str, data_dir: str | os.PathLike | None = None, *, download: bool = True
+) -> tuple[Dataset, Dataset]:
+    """Load ``(train, test)`` for one of :data:`DATASETS` (results are cached in-process)."""
+    key = name.strip().lower() if isinstance(name, str) else name
+    if key not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    explicit = data_dir is not None and str(data_dir) != ""
+    resolved = resolve_data_dir(data_dir)
+    source = "--data-dir" if explicit else ENV_VAR
+
+    if key in ("mnist", "fashion-mnist"):
+        dirs = _idx_search_dirs(key, resolved)
+        files = _find_idx_set(dirs)
+        if files is None and download:
+            _download_idx(key, resolved)
+            files = _find_idx_set(dirs)
+        if files is None:
+            stems = ", ".join(s + "[.gz]" for split in ("train", "test") for s in _IDX_STEMS[split])
+            why = "" if download else " (download disabled)"
+            raise UserError(
+                f"dataset {key!r}: the IDX files ({stems}) were not all found in one folder{why}; "
+                f"looked in: {_fmt_dirs(dirs)}; {_HINT}"
+            )
+        return _load_idx_dataset(key, _stat_key(files))
+
+    if resolved is None:
+        resolved = find_shared_data_dir()
+        source = "the shared/data default"
+        if resolved is None:
+            raise UserError(
+                f"dataset {key!r}: no data folder set and no shared/data folder found above "
+                f"{Path.cwd()}; {_HINT}"
+            )
+    _require_dir(key, resolved, source)
+
+    if key == "perceval-quest":
+        dirs = [resolved, resolved / "perceval-quest"]
+        found = [_find_file(dirs, "train.csv"), _find_file(dirs, "val.csv")]
+        missing = [n for n, p in zip(("train.csv", "val.csv"), found, strict=True) if p is None]
+        if missing:
+            raise UserError(
+                f"dataset 'perceval-quest': {' and '.join(missing)} not found; looked in: "
+                f"{_fmt_dirs(dirs)}; {_HINT}"
+            )
+        return _load_quest_dataset(_stat_key(p for p in found if p is not None))
+
+    # partial-mnist: data_dir holds mnist/ and perceval-quest/ (flat layouts accepted too).
+    idx_dirs = [resolved / "mnist", resolved, resolved / "MNIST" / "raw"]
+    csv_dirs = [resolved / "perceval-quest", resolved]
+    img = _find_file(idx_dirs, _IDX_STEMS["test"][0])
+    lab = _find_file(idx_dirs, _IDX_STEMS["test"][1])
+    val = _find_file(csv_dirs, "val.csv")
+    problems = []
+    if img is None or lab is None:
+        problems.append(f"t10k-images/labels IDX files not found in {_fmt_dirs(idx_dirs)}")
+    if val is None:
+        problems.append(f"val.csv not found in {_fmt_dirs(csv_dirs)}")
+    if problems or img is None or lab is None or val is None:
+        raise UserError(f"dataset 'partial-mnist': {'; '.join(problems)}; {_HINT}")
+    return _load_partial_dataset(_stat_key((img, lab, val)))
+
+
+# --------------------------------------------------------------------------- predict inputs
+
+
+def _array_to_images(arr: np.ndarray, path: Path) -> torch.Tensor:
+    """(28,28) / (N,28,28) / (N,1,28,28) uint8 or [0,1] floats -> (N,1,28,28) float32."""
+    if arr.ndim == 2:
+        arr = arr[None]
+    elif arr.ndim == 4 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 3 or arr.shape[1:] != (_SIDE, _SIDE) or arr.shape[0] == 0:
+        raise UserError(f"{path} holds shape {arr.shape}; expected (28, 28) or (N, 28, 28) images")
+    if arr.dtype == np.uint8:
+        return _images_from_uint8(arr)
+    if np.issubdtype(arr.dtype, np.integer):
+        if arr.min() < 0 or arr.max() > 255:
+            raise UserError(f"{path} holds integers outside 0-255; save uint8 pixels or floats in [0, 1]")
+        return _images_from_uint8(arr.astype(np.uint8))
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.all((arr >= 0) & (arr <= 1)):
+            raise UserError(
+                f"{path} holds floats outside [0, 1] (or NaN); divide 0-255 pixels by 255 before saving"
+            )
+        return _images_from_unit(arr)
+    raise UserError(f"{path} holds {arr.dtype} values; save uint8 pixels or floats in [0, 1]")
+
+
+def _load_picture(path: Path) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError  # lazy: only `pqt predict` on pictures needs PIL
+
+    try:
+        with Image.open(path) as im:
+            gray = im.convert("L")
+            if gray.size != (_SIDE, _SIDE):
+                # The model expects the digit filling a 28x28 frame (as in MNIST); a plain resize is the
+                # least surprising default (no cropping or inversion guesses).
+                gray = gray.resize((_SIDE, _SIDE), Image.Resampling.LANCZOS)
+            arr = np.asarray(gray, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(f"cannot read image {path} ({e}); give a valid PNG/JPEG file") from None
+    return _images_from_uint8(arr)
+
+
+def load_images(path: str | os.PathLike) -> torch.Tensor:
+    """Load images for prediction -> (N, 1, 28, 28) float32 in [0, 1].
+
+    Accepts a picture (.png/.jpg/..., converted to grayscale and resized to 28x28), a .npy array of
+    shape (28, 28) or (N, 28, 28) (uint8 or floats in [0, 1]), an IDX images file (raw or .gz), or a
+    Perceval Quest CSV (labels ignored).
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"input file not found: {path}; give a .png/.jpg, .npy, IDX or quest .csv file")
+    suffix = path.suffix.lower()
+    name = path.name.lower()
+    if suffix in _IMAGE_SUFFIXES:
+        return _load_picture(path)
+    if suffix == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise UserError(f"cannot read {path} as a .npy array ({e}); save it with numpy.save") from None
+        return _array_to_images(np.asarray(arr), path)
+    if suffix == ".csv":
+        images, _ = read_quest_csv(path)
+        return _images_from_unit(images)
+    if "idx" in name or "ubyte" in name or suffix == ".gz":
+        arr = read_idx(path)
+        if arr.dtype != np.uint8:
+            raise UserError(f"{path} holds {arr.dtype} values; expected an IDX file of uint8 images")
+        return _array_to_images(arr, path)
+    raise UserError(
+        f"unsupported input {path}; give a .png/.jpg picture, a .npy array, an IDX images file "
+        "or a quest .csv"
+    )
