@@ -1,0 +1,232 @@
+"""Noisy local simulation: Perceval's own noise model, threshold detectors, N-click post-selection.
+
+What one evaluation does (per QNN and phase vector):
+
+1. Phase noise (``--phase-error``, ``--phase-imprecision``) is applied to the phases by Perceval's
+   own ``PS.apply_phase_noise``, one phase shifter at a time in circuit order with one
+   ``random.Random`` seeded from ``self.rng``: the same noise ``Experiment.use_phase_noise(noise,
+   seed)`` applies, reproducible when the training loop reseeds ``self.rng``. One miscalibrated
+   circuit is drawn per evaluation (a job's shots share it, as on a chip).
+2. The source (``--brightness``, ``--g2``, ``--indistinguishability``) and losses
+   (``--transmittance``) are Perceval's ``Source.from_noise_model``; Perceval's exqalibur strong
+   simulator (SLOS) gives the exact distribution over the click patterns of threshold detectors on
+   every mode. Perceval prunes source states and partial results below ``precision`` times the
+   largest probability (its default 1e-6 moves probabilities by ~1e-4 with --g2); here the default
+   is 0, exact up to Perceval's absolute floor of 1e-16. Exact is fast for indistinguishability,
+   losses and brightness (~5 ms for 9 modes / 4 photons) but slow with --g2 (seconds: every extra
+   distinguishable photon multiplies the states to simulate); --simulation-precision 1e-9 brings
+   that to ~0.1 s at ~1e-6 accuracy.
+   The simulator is built once per QNN; an evaluation only swaps in the new unitary.
+3. Post-selection as on hardware: only patterns with exactly N clicks are kept; those are the
+   C(M, N) collision-free patterns, returned in ``qnn.outcomes`` order.
+
+Shot accounting (``shots=S``): a shot is a detection event with at least one click, which is
+Quandela's (and Perceval's ``max_shots``) definition; a pulse in which nothing is detected never
+reaches the user and is not counted. The S shots are drawn (multinomially, with ``self.rng``) from
+the exact click distribution conditioned on at least one click; the N-click ones are kept. So
+``shots_sent == S`` and ``shots_kept`` is the number of N-click events; ``probs`` are the
+frequencies among the kept events. If no shot was kept (or, in exact mode, the N-click probability
+is exactly 0, e.g. perfect Hong-Ou-Mandel suppression) the evaluation carries no information: it
+returns the uniform distribution (so training does not crash on 0/0) and counts the event in
+``counters.extra["evaluations_without_events"]``. Transmittance or brightness 0 are refused.
+
+Exact mode (``shots=None``): ``probs`` is the exact noisy distribution normalised over the N-click
+patterns, ``shots_sent == shots_kept == 0``, and ``counters.extra`` records for the last evaluation
+
+- ``last_postselection_probability``: P(N clicks | at least one click), what ``shots_kept /
+  shots_sent`` estimates in shot mode (the base class's ``postselection_rate``);
+- ``last_n_click_probability``: P(N clicks) per source pulse, vacuum included (scales as
+  transmittance^N and brightness^N).
+
+Without noise both equal the ideal collision-free probability.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import perceval as pcvl
+from perceval.backends import SLOSExqaliburBackend
+from perceval.components import Source
+from perceval.simulators import ExqaliburSimulator
+
+from backends.base import Backend, Evaluation, Option
+from pqt.errors import UserError
+
+if TYPE_CHECKING:
+    from pqt.photonics import PhotonicQNN
+
+# Perceval's defaults, which mean "no noise": no flag given = an ideal simulation.
+_PERFECT = pcvl.NoiseModel()
+
+# name -> (low, high, what it is, whether low itself is allowed); a high of None is open. Perceval
+# itself caps phase_error at pi. A transmittance or brightness of 0 never detects a photon, so every
+# evaluation would be empty: refuse it up front rather than train on nothing.
+_RANGES: dict[str, tuple[float, float | None, str, bool]] = {
+    "indistinguishability": (0.0, 1.0, "a probability", True),
+    "transmittance": (0.0, 1.0, "a probability", False),
+    "brightness": (0.0, 1.0, "a probability", False),
+    "g2": (0.0, 1.0, "the source's g2(0)", True),
+    "phase_imprecision": (0.0, None, "a phase step in radians", True),
+    "phase_error": (0.0, math.pi, "a phase in radians", True),
+    "simulation_precision": (0.0, 0.01, "a relative pruning threshold", True),
+}
+_NOISE_KEYS = ("indistinguishability", "transmittance", "brightness", "g2", "phase_imprecision", "phase_error")
+
+
+@dataclass
+class _QNNSimulation:
+    """What is built once per QNN and reused by every evaluation."""
+
+    simulator: ExqaliburSimulator
+    source: Source
+    detectors: list[pcvl.Detector]
+    outcome_states: list[pcvl.BasicState]  # qnn.outcomes as Perceval states
+    vacuum: pcvl.BasicState
+    ps_order: np.ndarray  # phase index of each phase shifter, in circuit order
+
+
+class NoisyBackend(Backend):
+    """Local simulation with Perceval's noise model and threshold-detector post-selection."""
+
+    name = "noisy"
+    description = ("local noisy simulation (Perceval NoiseModel: source, losses, phase noise), threshold "
+                   "detectors, post-selection on N clicks")
+    options = (
+        Option("indistinguishability", float, _PERFECT.indistinguishability,
+               "source indistinguishability (2-photon overlap) in [0, 1]; 1 = ideal"),
+        Option("transmittance", float, _PERFECT.transmittance,
+               "system-wide transmittance in (0, 1] (1 - photon loss); 1 = ideal"),
+        Option("brightness", float, _PERFECT.brightness,
+               "source brightness (probability to emit) in (0, 1]; 1 = ideal"),
+        Option("g2", float, _PERFECT.g2, "multi-photon emission g2(0) in [0, 1]; 0 = ideal"),
+        Option("phase-imprecision", float, _PERFECT.phase_imprecision,
+               "phase-shifter resolution in radians (phases rounded to multiples); 0 = ideal"),
+        Option("phase-error", float, _PERFECT.phase_error,
+               "maximum random phase error in radians, in [0, pi], drawn per evaluation; 0 = ideal"),
+        Option("simulation-precision", float, 0.0,
+               "drop source states/partial results below this x the largest probability (Perceval's "
+               "precision; its default is 1e-6); 0 = exact, slow with --g2 (1e-9: ~1e-6 accurate, fast)"),
+    )
+
+    def __init__(self, shots: int | None, seed: int = 0, max_shots: int | None = None,
+                 run_dir: Path | None = None, **options: Any) -> None:
+        super().__init__(shots=shots, seed=seed, max_shots=max_shots, run_dir=run_dir, **options)
+        for key, (low, high, what, low_ok) in _RANGES.items():
+            self.settings[key] = _checked(key, self.settings[key], low, high, what, low_ok)
+        self.noise = pcvl.NoiseModel(**{key: self.settings[key] for key in _NOISE_KEYS})
+        # With every knob at its default this is the ideal backend (and the exact-gradient
+        # optimizer may use the ideal simulation).
+        self.ideal = self.noise == _PERFECT
+        self._simulations: weakref.WeakKeyDictionary[PhotonicQNN, _QNNSimulation] = (
+            weakref.WeakKeyDictionary())
+
+    # ---- evaluation ------------------------------------------------------------------------------
+    def _run(self, qnns: Sequence[PhotonicQNN], phases: Sequence[np.ndarray], tag: str) -> list[Evaluation]:
+        return [self._evaluate(qnn, ph) for qnn, ph in zip(qnns, phases, strict=True)]
+
+    def _evaluate(self, qnn: PhotonicQNN, phases: np.ndarray) -> Evaluation:
+        patterns, p_n, p_any = self.click_probabilities(qnn, phases)
+        extra = self.counters.extra
+        if self.shots is None:
+            extra["last_postselection_probability"] = p_n / p_any if p_any > 0 else 0.0
+            extra["last_n_click_probability"] = p_n
+            if p_n > 0:
+                return Evaluation(patterns / p_n)
+            return self._empty(qnn, 0)
+        # One multinomial draw over the N-click patterns plus one bucket for every other event
+        # (1..N-1 clicks, or more than N with multi-photon emission), conditioned on >= 1 click.
+        kept_p = patterns / p_any if p_any > 0 else np.zeros_like(patterns)
+        pvals = np.append(kept_p, max(0.0, 1.0 - kept_p.sum()))
+        counts = self.rng.multinomial(self.shots, pvals / pvals.sum())[:-1]
+        kept = int(counts.sum())
+        if kept == 0:
+            return self._empty(qnn, self.shots)
+        return Evaluation(counts / kept, self.shots, kept)
+
+    def _empty(self, qnn: PhotonicQNN, shots: int) -> Evaluation:
+        """No N-click event (none drawn, or probability 0): uniform, and counted so it shows."""
+        extra = self.counters.extra
+        extra["evaluations_without_events"] = extra.get("evaluations_without_events", 0) + 1
+        return Evaluation(np.full(qnn.n_outcomes, 1.0 / qnn.n_outcomes), shots, 0)
+
+    def click_probabilities(self, qnn: PhotonicQNN, phases: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """Exact noisy detection statistics of one circuit (draws the phase noise from ``self.rng``).
+
+        Returns (P(pattern) for each N-click pattern in ``qnn.outcomes`` order, P(exactly N clicks),
+        P(at least one click)), all per source pulse.
+        """
+        sim = self._simulation(qnn)
+        noisy = self._noisy_phases(sim, np.asarray(phases, dtype=np.float64))
+        # qnn.unitary is the vectorised product of the mesh, equal to circuit.compute_unitary()
+        # (checked in the photonics tests) and much faster than Perceval's symbolic path.
+        sim.simulator.set_circuit(pcvl.Unitary(pcvl.Matrix(qnn.unitary(noisy))))
+        dist = sim.simulator.probs_svd((sim.source, qnn.input_state), sim.detectors)["results"]
+        total = float(sum(dist.values()))  # 1 up to rounding: nothing is filtered (see _simulation)
+        patterns = np.array([dist.get(s, 0.0) for s in sim.outcome_states], dtype=np.float64) / total
+        p_any = 1.0 - float(dist.get(sim.vacuum, 0.0)) / total
+        return patterns, float(patterns.sum()), p_any
+
+    def _noisy_phases(self, sim: _QNNSimulation, phases: np.ndarray) -> np.ndarray:
+        """Perceval's phase noise on each phase shifter, in circuit order (as Experiment does)."""
+        error, step = self.noise.phase_error, self.noise.phase_imprecision
+        if not error and not step:
+            return phases
+        # Only the random error needs randomness; the rounding is deterministic.
+        rng = random.Random(int(self.rng.integers(2**63)) if error else 0)
+        noisy = phases.copy()
+        for index in sim.ps_order:
+            ps = pcvl.PS(float(phases[index]))
+            ps.apply_phase_noise(error, step, rng)
+            noisy[index] = float(ps.param("phi"))
+        return noisy
+
+    def _simulation(self, qnn: PhotonicQNN) -> _QNNSimulation:
+        if qnn not in self._simulations:
+            simulator = ExqaliburSimulator(SLOSExqaliburBackend())
+            # Keep every click pattern (vacuum included): the post-selection is done here, and its
+            # probability reported. By default nothing is pruned but Perceval's 1e-16 floor.
+            simulator.set_selection(min_detected_photons_filter=0)
+            simulator.set_precision(self.settings["simulation_precision"])
+            simulator.keep_heralds(False)
+            index = {name: i for i, name in enumerate(qnn.parameter_names)}
+            ps_order = [index[c.get_parameters()[0].name] for _, c in qnn.circuit if isinstance(c, pcvl.PS)]
+            if sorted(ps_order) != list(range(qnn.n_parameters)):
+                raise ValueError("every phase parameter must drive exactly one phase shifter")
+            self._simulations[qnn] = _QNNSimulation(
+                simulator=simulator,
+                source=Source.from_noise_model(self.noise),
+                detectors=[pcvl.Detector.threshold() for _ in range(qnn.modes)],
+                outcome_states=[pcvl.BasicState(list(o)) for o in qnn.outcomes],
+                vacuum=pcvl.BasicState([0] * qnn.modes),
+                ps_order=np.array(ps_order, dtype=np.int64),
+            )
+        return self._simulations[qnn]
+
+
+def _checked(key: str, value: Any, low: float, high: float | None, what: str, low_ok: bool) -> float:
+    """The setting as a float, or a one-line UserError naming the flag, the value and the range."""
+    flag = "--" + key.replace("_", "-")
+    if high is None:
+        allowed = f"{'>=' if low_ok else '>'} {low:g}"
+    else:
+        allowed = f"in {'[' if low_ok else '('}{low:g}, {'pi' if high == math.pi else f'{high:g}'}]"
+    message = f"{flag} must be {what} {allowed} (got {value!r})"
+    if isinstance(value, bool):
+        raise UserError(message)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserError(message) from None
+    above_low = low <= number if low_ok else low < number
+    # NaN fails every comparison; infinities are no setting either.
+    if not (math.isfinite(number) and above_low and (high is None or number <= high)):
+        raise UserError(message)
+    return number
