@@ -135,6 +135,12 @@ class Backend(abc.ABC):
         """Evaluate the circuits; the base class does the accounting."""
 
     @property
+    def jobs_paid(self) -> int:
+        """Cloud jobs this run has paid for, including ones recovered from the journal after a restart."""
+        c = self.counters
+        return c.jobs_submitted + c.extra.get("jobs_resumed", 0) + c.extra.get("results_from_journal", 0)
+
+    @property
     def postselection_rate(self) -> float | None:
         """Fraction of the shots sent that gave N clicks (None when nothing was sampled)."""
         c = self.counters
