@@ -114,7 +114,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if not (out / run_files.CHECKPOINT).is_file():
             raise UserError(f"{out} holds no checkpoint to resume ({out / run_files.CHECKPOINT} missing); "
                             "start a new run with --out DIR")
-        data = run_files.read_json(out / run_files.CONFIG)
+        data = _recorded_config(out)
         for key in ("rounds", "max_shots"):  # the only settings a resumed run may change
             if hasattr(args, key):
                 data[key] = getattr(args, key)
@@ -150,6 +150,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
               f"rounds in {metrics['wall_seconds']:.0f}s; metrics in {out / run_files.METRICS}, model in "
               f"{out / run_files.MODEL}")
     return 0
+
+
+def _recorded_config(out: Path) -> dict[str, Any]:
+    """The config a run recorded: config.json, else the copy inside its checkpoint."""
+    from pqt import run_files
+
+    path = out / run_files.CONFIG
+    try:
+        if path.is_file():
+            return run_files.read_json(path)
+        return run_files.load_torch(out / run_files.CHECKPOINT)["config"]
+    except Exception as e:  # damaged files: name them, no traceback
+        raise UserError(f"cannot read the run's config from {out} ({type(e).__name__}: {e}); "
+                        "the run directory is damaged: start a new run with --out DIR") from None
 
 
 def _log(out: Path, line: str) -> None:
@@ -233,23 +247,32 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; ``command`` given, only that subcommand gets its full flags.
+
+    Training flags include every backend's options, which imports the backends (and perceval);
+    ``pqt evaluate`` and ``pqt predict`` must not pay for that, nor need perceval at all.
+    """
     parser = _Parser(prog="pqt", description="Photonic Quantum-Train: photonic QNNs generate a CNN's weights.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    def train_arguments(p: argparse.ArgumentParser, name: str) -> None:
+        if command in (None, name):
+            _add_train_arguments(p)
+
     p = sub.add_parser("train", help="train a network with photonic Quantum-Train")
-    _add_train_arguments(p)
+    train_arguments(p, "train")
     p.add_argument("--out", help="output directory (default: runs/<timestamp>)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last finished round")
     p.add_argument("--dry-run", action="store_true", help="print the jobs and shots the run needs, then stop")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("plan", help="jobs and shots a training configuration needs (same as train --dry-run)")
-    _add_train_arguments(p)
+    train_arguments(p, "plan")
     p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("params", help="parameter accounting for a configuration")
-    _add_train_arguments(p)
+    train_arguments(p, "params")
     p.add_argument("--bond-dims", type=int, nargs="+", help="several bond dimensions, one row each")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_params)
@@ -281,7 +304,9 @@ def main(argv: list[str] | None = None) -> int:
 
     load_dotenv(Path.cwd() / ".env", override=False)  # PQT_DATA_DIR, PCVL_CLOUD_TOKEN, ...
     try:
-        args = build_parser().parse_args(argv)
+        argv = sys.argv[1:] if argv is None else argv
+        command = next((a for a in argv if not a.startswith("-")), None)
+        args = build_parser(command).parse_args(argv)
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"pqt: error: {e}", file=sys.stderr)

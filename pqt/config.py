@@ -31,6 +31,8 @@ class TrainConfig:
     bond_dim: int = 4
     mps_init_std: float = 1e-9
     scaling: str = "mean"
+    # ablation: where the MPS's probability values come from (see pqt.train.DISTRIBUTION_SOURCES)
+    distribution_source: str = "photonic"
     target: str = "paper-cnn"
     activation: str = "none"
     # training, as the paper
@@ -61,6 +63,10 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         if len(self.qnn_modes) != len(self.qnn_photons) or not self.qnn_modes:
             raise UserError("give one photon number per QNN (--modes 9 8 --photons 4 4)")
+        for modes, photons in zip(self.qnn_modes, self.qnn_photons, strict=True):
+            if photons > modes:
+                raise UserError(f"{photons} photons do not fit in {modes} modes collision-free: use at most "
+                                f"{modes} photons or at least {photons} modes per QNN")
         if isinstance(self.bond_dim, bool) or int(self.bond_dim) != self.bond_dim or self.bond_dim < 1:
             raise UserError(f"bond dimension must be a whole number >= 1 (got {self.bond_dim!r})")
         if self.shots is not None and (int(self.shots) != self.shots or self.shots < 1):
@@ -68,6 +74,11 @@ class TrainConfig:
         for name in ("rounds", "batch_size", "phase_batch", "cobyla_maxiter", "spsa_iterations"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
+        from pqt.train_sources import DISTRIBUTION_SOURCES
+
+        if self.distribution_source not in DISTRIBUTION_SOURCES:
+            raise UserError(f"unknown distribution source {self.distribution_source!r}: choose one of "
+                            f"{', '.join(DISTRIBUTION_SOURCES)}")
         if self.adam_epochs < 0:
             raise UserError(f"adam-epochs must be >= 0 (got {self.adam_epochs})")
         return self

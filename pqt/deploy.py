@@ -25,7 +25,10 @@ def load_model(path: str | Path, activation: str | None = None) -> PaperCNN:
         raise UserError(f"no trained model at {model_file}: give a model.pt or a run directory from pqt train")
     config_file = model_file.parent / "config.json"
     if activation is None and config_file.is_file():
-        activation = json.loads(config_file.read_text()).get("activation", "none")
+        try:
+            activation = json.loads(config_file.read_text()).get("activation", "none")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            raise UserError(f"{config_file} is not a valid run config; pass --activation (none, relu, ...)") from None
     model = PaperCNN(activation or "none")
     try:
         state = torch.load(model_file, map_location="cpu", weights_only=True)

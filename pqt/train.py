@@ -40,6 +40,7 @@ from pqt.phase_optimizers import PhaseStep, check_phase_optimizer, run_cobyla, r
 from pqt.photonics import PhotonicQNN
 from pqt.quantum_train import WeightGenerator, check_outcome_capacity, combine_distributions
 from pqt.target import build_target, functional_forward, n_parameters, unflatten
+from pqt.train_sources import DistributionSource
 
 # Salts that keep the per-round random streams independent of one another.
 _SHUFFLE, _PHASE_BATCH, _SPSA = 1, 2, 3
@@ -108,6 +109,10 @@ class Trainer:
         if config.phase_optimizer == "exact-gradient":
             self.phase_params = torch.nn.Parameter(torch.from_numpy(np.concatenate(phases)))
             self.phase_adam = torch.optim.Adam([self.phase_params], lr=config.phase_lr)
+        self.source = DistributionSource(config.distribution_source, [q.n_outcomes for q in self.qnns],
+                                         config.seed)
+        if config.distribution_source != "photonic" and config.phase_optimizer == "exact-gradient":
+            raise UserError("ablations replace the photonic distributions: use --phase-optimizer cobyla or spsa")
         self.state = RunState(0, phases, None, [], 0.0)
         self.report = parameter_report(config, self.qnns, self.target)
 
@@ -141,7 +146,12 @@ class Trainer:
         run_files.save_torch(self.out_dir / run_files.CHECKPOINT, checkpoint)
 
     def load(self) -> None:
-        ck = run_files.load_torch(self.out_dir / run_files.CHECKPOINT)
+        path = self.out_dir / run_files.CHECKPOINT
+        try:
+            ck = run_files.load_torch(path)
+        except Exception as e:  # a damaged file: name it, no traceback
+            raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}); it is damaged: start a new run "
+                            "with --out DIR") from None
         self.state = RunState(ck["round"], [np.asarray(p) for p in ck["phases"]],
                               None if ck["dists"] is None else [np.asarray(d) for d in ck["dists"]],
                               ck["history"], ck["wall_seconds"])
@@ -158,6 +168,7 @@ class Trainer:
         return [e.probs for e in self.backend.evaluate(self.qnns, self.state.phases, tag)]
 
     def _combined(self, dists: list[Any]) -> torch.Tensor:
+        dists = dists if self.phase_params is not None else self.source.replace(dists)
         return combine_distributions(dists, self.n_weights, self.config.scaling).to(self.device)
 
     def _generate(self, dists: list[Any]) -> torch.Tensor:
@@ -185,6 +196,8 @@ class Trainer:
                 if exact_gradient:
                     self.phase_adam.zero_grad(set_to_none=True)
                     weights = self._generate(self._torch_dists())
+                elif self.config.distribution_source == "random-redraw":
+                    weights = self._generate(self.state.dists)  # a fresh vector every forward pass
                 else:
                     weights = self.generator(combined)
                 loss = F.cross_entropy(functional_forward(self.target, weights, x), y)
@@ -248,6 +261,7 @@ class Trainer:
         c = self.config
         started = time.perf_counter()
         self.backend.reseed(r)
+        self.source.reseed(c.seed, r)
         shots_before = self.backend.counters.shots_used
         steps = c.adam_epochs * math.ceil(len(self.train_set) / c.batch_size)
         with tqdm(total=steps, desc=f"round {r + 1} adam", leave=False, disable=None, file=sys.stderr) as bar:
@@ -273,7 +287,7 @@ class Trainer:
             "train_loss": train_loss, "train_accuracy": train_acc,
             "test_loss": test_loss, "test_accuracy": test_acc,
             "shots_round": counters.shots_used - shots_before, "shots_used": counters.shots_used,
-            "jobs_submitted": counters.jobs_submitted, "postselection_rate": self.backend.postselection_rate,
+            "jobs_submitted": self.backend.jobs_paid, "postselection_rate": self.backend.postselection_rate,
             "seconds": seconds,
         }
         self._finish_round(weights, entry, seconds)
@@ -306,7 +320,7 @@ class Trainer:
             "train_size": len(self.train_set), "test_size": len(self.test_set),
             "rounds_completed": s.round, "rounds_planned": c.rounds, "seed": c.seed,
             "wall_seconds": s.wall_seconds, "shots_used": counters.shots_used,
-            "jobs_submitted": counters.jobs_submitted, "postselection_rate": self.backend.postselection_rate,
+            "jobs_submitted": self.backend.jobs_paid, "postselection_rate": self.backend.postselection_rate,
             "circuit_evaluations": counters.evaluations,
             "history": s.history,
         }
