@@ -41,6 +41,7 @@ _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--data-dir", "data_dir", str, "folder holding the data (else PQT_DATA_DIR, else ../shared/data)"),
     ("--train-limit", "train_limit", int, "use only the first N training images"),
     ("--test-limit", "test_limit", int, "use only the first N test images"),
+    ("--validation-size", "validation_size", int, "hold out the last N training images as a validation set"),
     ("--backend", "backend", str, "where the photonic QNNs run: slos, noisy or remote"),
     ("--shots", "shots", _shots, "shots per circuit evaluation, or 'exact'"),
     ("--max-shots", "max_shots", int, "total shot budget; the run stops cleanly before exceeding it"),
@@ -52,6 +53,7 @@ _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--rounds", "rounds", int, "training rounds"),
     ("--adam-epochs", "adam_epochs", int, "Adam epochs on the MPS per round"),
     ("--adam-lr", "adam_lr", float, "Adam learning rate"),
+    ("--lr-schedule", "lr_schedule", str, "Adam learning rates: constant (paper) or cosine decay over the run"),
     ("--batch-size", "batch_size", int, "Adam batch size"),
     ("--phase-optimizer", "phase_optimizer", str, "cobyla (paper), spsa or exact-gradient"),
     ("--phase-batch", "phase_batch", int, "training images in the phase objective (fixed per call)"),
@@ -107,6 +109,7 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from pqt import run_files
+    from pqt.photonics import restore_sigint
     from pqt.train import Trainer, plan_run
 
     if args.resume:
@@ -129,12 +132,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise UserError(f"{out} already holds a run; continue it with 'pqt train --resume {out}' or choose "
                         "another --out")
     trainer = Trainer(config, out, log=lambda line: _log(out, line))
+    restore_sigint()  # backends may load more native code; Ctrl-C must stay a KeyboardInterrupt
     if args.resume:
         trainer.load()
         _log(out, f"resuming {out} after round {trainer.state.round} of {config.rounds}")
     else:
         out.mkdir(parents=True, exist_ok=True)
         run_files.write_json(out / run_files.CONFIG, config.to_dict())
+        trainer.save()  # a round-0 checkpoint: even a run killed in its first round can be resumed
         r = trainer.report
         _log(out, f"pqt train -> {out} | {config.dataset} {len(trainer.train_set)}/{len(trainer.test_set)} | "
                   f"backend {config.backend} shots {config.shots or 'exact'} | chi={config.bond_dim} | "
@@ -296,6 +301,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--repeats", type=int, default=15, help="timed repeats per measurement (median reported)")
     p.set_defaults(func=_cmd_bench)
+
+    from pqt.baselines import add_baseline_parser
+    from pqt.figures import add_figures_parser
+    from pqt.sweep import add_sweep_parser
+
+    add_sweep_parser(sub)
+    add_baseline_parser(sub)
+    add_figures_parser(sub)
     return parser
 
 

@@ -39,6 +39,7 @@ class TrainConfig:
     rounds: int = 200
     adam_epochs: int = 5
     adam_lr: float = 1e-3
+    lr_schedule: str = "constant"  # constant (paper) or cosine: decay to 0 over the whole run
     batch_size: int = 128
     phase_optimizer: str = "cobyla"
     phase_batch: int = 1000  # images in the phase optimizer's objective (fixed during one call)
@@ -55,6 +56,7 @@ class TrainConfig:
     data_dir: str | None = None
     train_limit: int | None = None  # use only the first N training images (quick checks)
     test_limit: int | None = None
+    validation_size: int = 0  # hold out the last N training images for tuning (never tune on test)
     # run
     seed: int = 0
     device: str = "cpu"
@@ -79,6 +81,8 @@ class TrainConfig:
         if self.distribution_source not in DISTRIBUTION_SOURCES:
             raise UserError(f"unknown distribution source {self.distribution_source!r}: choose one of "
                             f"{', '.join(DISTRIBUTION_SOURCES)}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise UserError(f"unknown lr schedule {self.lr_schedule!r}: choose constant or cosine")
         if self.adam_epochs < 0:
             raise UserError(f"adam-epochs must be >= 0 (got {self.adam_epochs})")
         return self

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import signal
+import threading
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -30,6 +32,21 @@ import numpy as np
 import perceval as pcvl
 
 from pqt.errors import UserError
+
+
+def restore_sigint() -> None:
+    """Re-install Python's own SIGINT handler at the C level.
+
+    Importing exqalibur (Perceval's simulator) installs a native SIGINT handler, so Ctrl-C no longer
+    raises KeyboardInterrupt and an interrupted run could not stop cleanly (perceval 1.3.1);
+    ``signal.getsignal`` still reports Python's handler, which is what we put back.
+    """
+    handler = signal.getsignal(signal.SIGINT)
+    if handler is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, handler)
+
+
+restore_sigint()
 
 # Above this many photons the N! permutation table grows too large; use Perceval's SLOS.
 _MAX_PERMANENT_PHOTONS = 6

@@ -86,7 +86,7 @@ class Trainer:
         if config.threads:
             torch.set_num_threads(config.threads)
         self.device = torch.device(config.device)
-        self.train_set, self.test_set = self._load_data()
+        self.train_set, self.validation_set, self.test_set = self._load_data()
         self.target = build_target(config.target, config.activation).to(self.device)
         self.n_weights = n_parameters(self.target)
         check_outcome_capacity(list(zip(config.qnn_modes, config.qnn_photons, strict=True)), self.n_weights)
@@ -117,14 +117,24 @@ class Trainer:
         self.report = parameter_report(config, self.qnns, self.target)
 
     # ---- setup -------------------------------------------------------------------------------------
-    def _load_data(self) -> tuple[Dataset, Dataset]:
+    def _load_data(self) -> tuple[Dataset, Dataset | None, Dataset]:
         c = self.config
         train, test = load_dataset(c.dataset, c.data_dir)
 
-        def limit(ds: Dataset, n: int | None) -> Dataset:
-            return ds if n is None else Dataset(ds.images[:n], ds.labels[:n], ds.name)
+        def rows(ds: Dataset, part: slice) -> Dataset:
+            return Dataset(ds.images[part], ds.labels[part], ds.name)
 
-        return limit(train, c.train_limit), limit(test, c.test_limit)
+        if c.train_limit is not None:
+            train = rows(train, slice(0, c.train_limit))
+        if c.test_limit is not None:
+            test = rows(test, slice(0, c.test_limit))
+        validation = None
+        if c.validation_size:
+            if not 0 < c.validation_size < len(train):
+                raise UserError(f"validation-size must be between 1 and {len(train) - 1} (the training images)")
+            validation = rows(train, slice(len(train) - c.validation_size, None))
+            train = rows(train, slice(0, len(train) - c.validation_size))
+        return train, validation, test
 
     @property
     def _split_sizes(self) -> list[int]:
@@ -186,10 +196,13 @@ class Trainer:
             self.state.dists = self._distributions(f"r{r}/adam")
         combined = None if exact_gradient else self._combined(self.state.dists)
         shuffle = _torch_generator(c.seed, r, _SHUFFLE)
+        steps_per_epoch = math.ceil(len(images) / c.batch_size)
         losses = []
         for epoch in range(c.adam_epochs):
             order = torch.randperm(len(images), generator=shuffle)
-            for start in range(0, len(order), c.batch_size):
+            for step, start in enumerate(range(0, len(order), c.batch_size)):
+                self._schedule_lr(((r * c.adam_epochs + epoch) * steps_per_epoch + step) /
+                                  (c.rounds * c.adam_epochs * steps_per_epoch))
                 idx = order[start : start + c.batch_size]
                 x, y = images[idx].to(self.device), labels[idx].to(self.device)
                 self.adam.zero_grad(set_to_none=True)
@@ -211,6 +224,17 @@ class Trainer:
         if exact_gradient:
             self.state.phases = self._split(self.phase_params.detach().numpy())
         return float(np.mean(losses)) if losses else float("nan")
+
+    def _schedule_lr(self, progress: float) -> None:
+        """Set the Adam learning rates for the fraction ``progress`` of the run's steps done.
+
+        Derived from the step index alone, so a resumed run follows the same schedule.
+        """
+        factor = 1.0 if self.config.lr_schedule == "constant" else 0.5 * (1.0 + math.cos(math.pi * progress))
+        for optimizer, lr in ((self.adam, self.config.adam_lr), (self.phase_adam, self.config.phase_lr)):
+            if optimizer is not None:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * factor
 
     def _phase_stage(self, r: int) -> PhaseStep | None:
         c = self.config
@@ -276,6 +300,10 @@ class Trainer:
             weights = self._generate(self.state.dists)
         train_loss, train_acc = self.evaluate(weights, self.train_set)
         test_loss, test_acc = self.evaluate(weights, self.test_set)
+        validation = {}
+        if self.validation_set is not None:
+            val_loss, val_acc = self.evaluate(weights, self.validation_set)
+            validation = {"validation_loss": val_loss, "validation_accuracy": val_acc}
         _check_finite(train_loss, f"evaluation (round {r + 1})", self.out_dir, r)
         seconds = time.perf_counter() - started
         counters = self.backend.counters
@@ -285,7 +313,7 @@ class Trainer:
             "phase_objective_end": step.objective_end if step else None,
             "objective_evaluations": step.evaluations if step else 0,
             "train_loss": train_loss, "train_accuracy": train_acc,
-            "test_loss": test_loss, "test_accuracy": test_acc,
+            "test_loss": test_loss, "test_accuracy": test_acc, **validation,
             "shots_round": counters.shots_used - shots_before, "shots_used": counters.shots_used,
             "jobs_submitted": self.backend.jobs_paid, "postselection_rate": self.backend.postselection_rate,
             "seconds": seconds,
@@ -313,6 +341,7 @@ class Trainer:
             "test_accuracy": last.get("test_accuracy"), "train_accuracy": last.get("train_accuracy"),
             "test_loss": last.get("test_loss"), "train_loss": last.get("train_loss"),
             "generalization_error": (last["test_loss"] - last["train_loss"]) if last else None,
+            "validation_accuracy": last.get("validation_accuracy"), "validation_loss": last.get("validation_loss"),
             "bond_dim": c.bond_dim, **self.report,
             "shots": c.shots if c.shots is not None else "exact", "backend": c.backend,
             "backend_settings": self.backend.describe(),
@@ -349,9 +378,10 @@ def format_round(e: dict[str, Any], rounds: int) -> str:
     if e["phase_objective_start"] is not None:
         parts.append(f"phase obj {e['phase_objective_start']:.4f}->{e['phase_objective_end']:.4f} "
                      f"({e['objective_evaluations']} evals)")
-    parts += [f"train {e['train_loss']:.4f}/{100 * e['train_accuracy']:.2f}%",
-              f"test {e['test_loss']:.4f}/{100 * e['test_accuracy']:.2f}%",
-              f"shots {e['shots_used']:,}"]
+    parts.append(f"train {e['train_loss']:.4f}/{100 * e['train_accuracy']:.2f}%")
+    if "validation_accuracy" in e:
+        parts.append(f"val {e['validation_loss']:.4f}/{100 * e['validation_accuracy']:.2f}%")
+    parts += [f"test {e['test_loss']:.4f}/{100 * e['test_accuracy']:.2f}%", f"shots {e['shots_used']:,}"]
     if e["postselection_rate"] is not None and e["postselection_rate"] < 1:
         parts.append(f"post-sel {100 * e['postselection_rate']:.1f}%")
     if e["jobs_submitted"]:
