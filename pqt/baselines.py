@@ -1,0 +1,448 @@
+"""Classical baselines of paper Table 4: the same CNN, the same data protocol, trained directly.
+
+Methods (``--method``):
+
+- ``classical``: the 6,690-weight CNN trained directly (paper: 50 epochs, Adam 1e-3, batch 128).
+- ``weight-sharing``: each weight matrix of a shared layer (conv kernels flattened per output
+  channel, linear layers row by row) is built from ``share_k`` trainable row vectors repeated in
+  sequence: row ``i`` is shared vector ``i mod k``. Biases stay free. ``share_layers`` picks the
+  layers (default all four); ``k`` at or above a layer's row count leaves that layer unshared.
+  Trainable count: ``sum over shared layers of min(k, rows) * row_length`` + the unshared layers
+  + 50 biases. (The paper's 4,770 is exactly fc1 halved: ``share_layers = ["fc1"]``, ``k = 10``.)
+- ``pruning``: random pruning at initialisation. Each weight tensor keeps exactly
+  ``round(keep_ratio * size)`` (at least one) randomly chosen entries; the others are zero and
+  never trained (their gradient is exactly zero, so Adam never moves them). Biases stay free.
+  Trainable count: the kept weights + 50 biases (3,370 at ``keep_ratio = 0.5``, the paper's number).
+
+A run directory gets the same files as ``pqt train``: ``config.json``, ``checkpoint.pt`` (after
+every epoch; an interrupted run resumes exactly), ``model.pt`` (the full network's plain
+``state_dict``, usable by ``pqt evaluate``), ``metrics.json`` (same contract, ``history`` per
+epoch, ``status`` "finished" at the end) and ``train.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pqt import run_files
+from pqt.errors import UserError
+
+METHODS = ("classical", "weight-sharing", "pruning")
+_SHUFFLE_SALT, _MASK_SALT = 11, 12
+
+
+@dataclass
+class BaselineConfig:
+    method: str = "classical"
+    epochs: int = 50
+    lr: float = 1e-3
+    batch_size: int = 128
+    seed: int = 0
+    share_k: int | None = None  # weight-sharing: shared row vectors per layer
+    share_layers: tuple[str, ...] | None = None  # weight-sharing: layers to share (None = all)
+    keep_ratio: float | None = None  # pruning: fraction of each weight tensor kept
+    target: str = "paper-cnn"
+    activation: str = "none"
+    dataset: str = "partial-mnist"
+    data_dir: str | None = None
+    train_limit: int | None = None
+    test_limit: int | None = None
+    validation_size: int = 0  # hold out the last N training images for tuning (never tune on test)
+    device: str = "cpu"
+    threads: int | None = None
+
+    def validate(self) -> BaselineConfig:
+        from pqt.target import activation_fn
+
+        if self.method not in METHODS:
+            raise UserError(f"unknown baseline method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if isinstance(self.validation_size, bool) or not isinstance(self.validation_size, int) \
+                or self.validation_size < 0:
+            raise UserError(f"validation-size must be a whole number >= 0 (got {self.validation_size!r})")
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"{name.replace('_', '-')} must be a whole number >= 1 (got {value!r})")
+        if not self.lr > 0:
+            raise UserError(f"lr must be > 0 (got {self.lr!r})")
+        if self.method == "weight-sharing":
+            k = self.share_k
+            if k is None or isinstance(k, bool) or not isinstance(k, int) or k < 1:
+                raise UserError(f"weight-sharing needs share-k, a whole number >= 1 (got {k!r})")
+        elif self.share_k is not None or self.share_layers is not None:
+            raise UserError(f"share-k / share-layers apply to --method weight-sharing only (method is "
+                            f"{self.method!r})")
+        if self.method == "pruning":
+            r = self.keep_ratio
+            if r is None or isinstance(r, bool) or not isinstance(r, int | float) or not 0 < r <= 1:
+                raise UserError(f"pruning needs keep-ratio in (0, 1] (got {r!r})")
+        elif self.keep_ratio is not None:
+            raise UserError(f"keep-ratio applies to --method pruning only (method is {self.method!r})")
+        activation_fn(self.activation)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BaselineConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"unknown baseline key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
+        data = dict(data)
+        layers = data.get("share_layers")
+        if isinstance(layers, str):
+            data["share_layers"] = (layers,)
+        elif layers is not None:
+            data["share_layers"] = tuple(str(v) for v in layers)
+        if isinstance(data.get("keep_ratio"), int) and not isinstance(data["keep_ratio"], bool):
+            data["keep_ratio"] = float(data["keep_ratio"])
+        return cls(**data)
+
+
+def _weight_layers(target: nn.Module) -> list[str]:
+    return [name.rsplit(".", 1)[0] for name, _ in target.named_parameters() if name.endswith(".weight")]
+
+
+class BaselineNet(nn.Module):
+    """The target network under a parametrisation: free, shared rows, or a fixed pruning mask.
+
+    The target's own parameters only provide the (seeded) initial values; training updates the
+    tensors in ``self.free``. :meth:`materialize` gives the full weights in ``named_parameters`` order.
+    """
+
+    def __init__(self, target: nn.Module, config: BaselineConfig) -> None:
+        super().__init__()
+        self.target = target.requires_grad_(False)
+        self.method = config.method
+        self.free = nn.ParameterDict()
+        self.layout: dict[str, tuple[str, tuple[int, ...], int]] = {}  # param -> (how, shape, rows)
+        layers = _weight_layers(target)
+        shared = set(config.share_layers) if config.share_layers is not None else set(layers)
+        if config.method == "weight-sharing":
+            unknown = sorted(shared - set(layers))
+            if unknown:
+                raise UserError(f"share-layers: unknown layer(s) {', '.join(unknown)}; the target's weight "
+                                f"layers are {', '.join(layers)}")
+        mask_rng = torch.Generator().manual_seed(
+            int(np.random.default_rng([config.seed, _MASK_SALT]).integers(2**62)))
+        for name, p in target.named_parameters():
+            key = name.replace(".", "__")
+            layer, kind = name.rsplit(".", 1)
+            value = p.detach().clone()
+            if config.method == "weight-sharing" and kind == "weight" and layer in shared:
+                rows = value.shape[0]
+                k = min(int(config.share_k), rows)
+                self.free[key] = nn.Parameter(value.reshape(rows, -1)[:k].clone())
+                self.layout[name] = ("shared", tuple(value.shape), rows)
+            elif config.method == "pruning" and kind == "weight":
+                n = value.numel()
+                keep = max(1, math.floor(config.keep_ratio * n + 0.5))
+                mask = torch.zeros(n)
+                mask[torch.randperm(n, generator=mask_rng)[:keep]] = 1.0
+                mask = mask.reshape(value.shape)
+                self.register_buffer(f"mask__{key}", mask)
+                self.free[key] = nn.Parameter(value * mask)
+                self.layout[name] = ("masked", tuple(value.shape), 0)
+            else:
+                self.free[key] = nn.Parameter(value)
+                self.layout[name] = ("free", tuple(value.shape), 0)
+
+    def mask(self, name: str) -> torch.Tensor:
+        return getattr(self, f"mask__{name.replace('.', '__')}")
+
+    def materialize(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, (how, shape, rows) in self.layout.items():
+            p = self.free[name.replace(".", "__")]
+            if how == "shared":
+                idx = torch.arange(rows, device=p.device) % p.shape[0]
+                out[name] = p[idx].reshape(shape)
+            elif how == "masked":
+                out[name] = p * self.mask(name)
+            else:
+                out[name] = p
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(self.target, self.materialize(), (x,))
+
+    def trainable_parameters(self) -> int:
+        total = 0
+        for name, (how, _, _) in self.layout.items():
+            p = self.free[name.replace(".", "__")]
+            total += int(self.mask(name).sum().item()) if how == "masked" else p.numel()
+        return total
+
+
+def trainable_count(config: BaselineConfig) -> int:
+    """Exact trainable parameter count of a baseline configuration (no training, no data)."""
+    from pqt.target import build_target
+
+    return BaselineNet(build_target(config.target, config.activation), config.validate()).trainable_parameters()
+
+
+# --------------------------------------------------------------------------- training
+
+
+class BaselineTrainer:
+    def __init__(self, config: BaselineConfig, out_dir: Path, log: Callable[[str], None] = print,
+                 progress: Callable[[float], None] | None = None) -> None:
+        from pqt.data import Dataset, load_dataset
+        from pqt.target import build_target, n_parameters
+
+        self.config = config.validate()
+        self.out_dir = Path(out_dir)
+        self.log = log
+        self.progress = progress
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.device = torch.device(config.device)
+        train, test = load_dataset(config.dataset, config.data_dir)
+
+        def rows(ds: Dataset, part: slice) -> Dataset:
+            return Dataset(ds.images[part], ds.labels[part], ds.name)
+
+        train = train if config.train_limit is None else rows(train, slice(0, config.train_limit))
+        test = test if config.test_limit is None else rows(test, slice(0, config.test_limit))
+        self.validation_set: Dataset | None = None
+        if config.validation_size:  # as pqt train: the last N training images, never the test set
+            if not 0 < config.validation_size < len(train):
+                raise UserError(f"validation-size must be between 1 and {len(train) - 1} (the training images)")
+            self.validation_set = rows(train, slice(len(train) - config.validation_size, None))
+            train = rows(train, slice(0, len(train) - config.validation_size))
+        self.train_set, self.test_set = train, test
+        torch.manual_seed(config.seed)  # the target's default initialisation
+        target = build_target(config.target, config.activation)
+        self.target_parameters = n_parameters(target)
+        self.net = BaselineNet(target, config).to(self.device)
+        self.adam = torch.optim.Adam(self.net.free.parameters(), lr=config.lr)
+        self.epoch = 0
+        self.history: list[dict[str, Any]] = []
+        self.wall_seconds = 0.0
+
+    # ---- checkpointing -----------------------------------------------------------------------------
+    def save(self) -> None:
+        run_files.save_torch(self.out_dir / run_files.CHECKPOINT, {
+            "epoch": self.epoch, "net": self.net.state_dict(), "adam": self.adam.state_dict(),
+            "history": self.history, "wall_seconds": self.wall_seconds, "config": self.config.to_dict()})
+
+    def load(self) -> None:
+        ck = run_files.load_torch(self.out_dir / run_files.CHECKPOINT)
+        self.net.load_state_dict(ck["net"])
+        self.adam.load_state_dict(ck["adam"])
+        self.epoch, self.history, self.wall_seconds = ck["epoch"], ck["history"], ck["wall_seconds"]
+
+    # ---- one epoch ---------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def evaluate(self, dataset: Any, chunk: int = 2000) -> tuple[float, float]:
+        weights = self.net.materialize()
+        total_loss, correct = 0.0, 0
+        for start in range(0, len(dataset), chunk):
+            x = dataset.images[start : start + chunk].to(self.device)
+            y = dataset.labels[start : start + chunk].to(self.device)
+            logits = torch.func.functional_call(self.net.target, weights, (x,))
+            total_loss += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(1) == y).sum().item()
+        return total_loss / len(dataset), correct / len(dataset)
+
+    def run_epoch(self, e: int) -> dict[str, Any]:
+        c, images, labels = self.config, self.train_set.images, self.train_set.labels
+        started = time.perf_counter()
+        shuffle = torch.Generator().manual_seed(
+            int(np.random.default_rng([c.seed, e, _SHUFFLE_SALT]).integers(2**62)))
+        order = torch.randperm(len(images), generator=shuffle)
+        losses = []
+        for start in range(0, len(order), c.batch_size):
+            idx = order[start : start + c.batch_size]
+            x, y = images[idx].to(self.device), labels[idx].to(self.device)
+            self.adam.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(self.net(x), y)
+            if not math.isfinite(loss.item()):
+                raise UserError(f"loss became {loss.item()} in epoch {e + 1}; stopped (the last good checkpoint, "
+                                f"epoch {e}, is kept in {self.out_dir}): try a lower --lr")
+            loss.backward()
+            self.adam.step()
+            losses.append(loss.item())
+        train_loss, train_acc = self.evaluate(self.train_set)
+        test_loss, test_acc = self.evaluate(self.test_set)
+        validation = {}
+        if self.validation_set is not None:
+            val_loss, val_acc = self.evaluate(self.validation_set)
+            validation = {"validation_loss": val_loss, "validation_accuracy": val_acc}
+        seconds = time.perf_counter() - started
+        entry = {"epoch": e + 1, "adam_loss": float(np.mean(losses)), "train_loss": train_loss,
+                 "train_accuracy": train_acc, "test_loss": test_loss, "test_accuracy": test_acc, **validation,
+                 "seconds": seconds}
+        self.epoch += 1
+        self.history.append(entry)
+        self.wall_seconds += seconds
+        state_dict = {k: v.detach().clone().cpu() for k, v in self.net.materialize().items()}
+        run_files.save_torch(self.out_dir / run_files.MODEL, state_dict)  # model first, then checkpoint
+        self.save()
+        run_files.write_json(self.out_dir / run_files.METRICS, self.metrics("running"))
+        return entry
+
+    def metrics(self, status: str) -> dict[str, Any]:
+        c, last = self.config, (self.history[-1] if self.history else {})
+        trainable = self.net.trainable_parameters()
+        return {
+            "status": status,
+            "test_accuracy": last.get("test_accuracy"), "train_accuracy": last.get("train_accuracy"),
+            "test_loss": last.get("test_loss"), "train_loss": last.get("train_loss"),
+            "generalization_error": (last["test_loss"] - last["train_loss"]) if last else None,
+            "validation_accuracy": last.get("validation_accuracy"), "validation_loss": last.get("validation_loss"),
+            "method": c.method, "share_k": c.share_k,
+            "share_layers": list(c.share_layers) if c.share_layers is not None else None,
+            "keep_ratio": c.keep_ratio,
+            "trainable_parameters": trainable, "paper_count_parameters": trainable,
+            "target_parameters": self.target_parameters,
+            "compression_ratio": self.target_parameters / trainable,
+            "parameter_counting": ("trainable_parameters counts the independent trainable values: shared row "
+                                   "vectors once, pruned weights not at all, every bias"),
+            "dataset": c.dataset, "train_size": len(self.train_set), "test_size": len(self.test_set),
+            "validation_size": len(self.validation_set) if self.validation_set is not None else 0,
+            "epochs_completed": self.epoch, "epochs_planned": c.epochs, "seed": c.seed,
+            "lr": c.lr, "batch_size": c.batch_size, "wall_seconds": self.wall_seconds,
+            "history": self.history,
+        }
+
+    def run(self) -> dict[str, Any]:
+        c = self.config
+        status = "running"
+        if self.progress:
+            self.progress(self.epoch / c.epochs)
+        try:
+            for e in range(self.epoch, c.epochs):
+                entry = self.run_epoch(e)
+                self.log(f"epoch {entry['epoch']}/{c.epochs} | batch loss {entry['adam_loss']:.4f} | train "
+                         f"{entry['train_loss']:.4f}/{100 * entry['train_accuracy']:.2f}% | test "
+                         f"{entry['test_loss']:.4f}/{100 * entry['test_accuracy']:.2f}% | {entry['seconds']:.1f}s")
+                if self.progress:
+                    self.progress(self.epoch / c.epochs)
+            status = "finished"
+        except (UserError, KeyboardInterrupt) as e:
+            status = "interrupted" if isinstance(e, KeyboardInterrupt) else f"stopped: {e}"
+            raise
+        finally:
+            if self.epoch:
+                run_files.write_json(self.out_dir / run_files.METRICS, self.metrics(status))
+        return self.metrics(status)
+
+
+def run_baseline(config: BaselineConfig, out_dir: str | Path, *, log: Callable[[str], None] | None = None,
+                 progress: Callable[[float], None] | None = None) -> dict[str, Any]:
+    """Train (or resume, or skip if finished) the baseline run in ``out_dir``; returns its metrics.
+
+    A directory holding a run of different settings is refused (only ``epochs`` may grow).
+    """
+    from pqt.sweep import inspect_run
+
+    out = Path(out_dir)
+    config.validate()
+    state, detail = inspect_run(out, "baseline", config.to_dict())
+    if state == "mismatch":
+        raise UserError(detail)
+    if state == "finished":
+        return run_files.read_json(out / run_files.METRICS)
+    if log is None:
+        def log(line: str) -> None:
+            print(line, flush=True)
+            run_files.append_log(out / run_files.LOG, line)
+    trainer = BaselineTrainer(config, out, log=log, progress=progress)
+    if state == "resume":
+        trainer.load()
+        log(f"resuming {out} after epoch {trainer.epoch} of {config.epochs}")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        log(f"pqt baseline {config.method} -> {out} | {config.dataset} {len(trainer.train_set)}/"
+            f"{len(trainer.test_set)} | trainable {trainer.net.trainable_parameters()} of "
+            f"{trainer.target_parameters} weights")
+    run_files.write_json(out / run_files.CONFIG, config.to_dict())
+    return trainer.run()
+
+
+# --------------------------------------------------------------------------- CLI
+
+_FLAGS: list[tuple[str, str, Any, str]] = [
+    ("--epochs", "epochs", int, "training epochs"),
+    ("--lr", "lr", float, "Adam learning rate"),
+    ("--batch-size", "batch_size", int, "batch size"),
+    ("--seed", "seed", int, "random seed (initialisation, pruning mask, shuffling)"),
+    ("--share-k", "share_k", int, "weight-sharing: shared row vectors per layer"),
+    ("--keep-ratio", "keep_ratio", float, "pruning: fraction of each weight tensor kept, in (0, 1]"),
+    ("--activation", "activation", str, "target activation: none (paper), relu, tanh, gelu"),
+    ("--dataset", "dataset", str, "mnist, fashion-mnist, perceval-quest or partial-mnist"),
+    ("--data-dir", "data_dir", str, "folder holding the data (else PQT_DATA_DIR, else ../shared/data)"),
+    ("--train-limit", "train_limit", int, "use only the first N training images"),
+    ("--test-limit", "test_limit", int, "use only the first N test images"),
+    ("--validation-size", "validation_size", int, "hold out the last N training images as a validation set"),
+    ("--device", "device", str, "torch device (cpu, cuda)"),
+    ("--threads", "threads", int, "torch threads (default: torch's choice)"),
+]
+
+
+def _cmd_baseline(args: argparse.Namespace) -> int:
+    from pqt.config import load_config_file
+
+    data: dict[str, Any] = load_config_file(args.config) if args.config else {}
+    for _, key, _, _ in _FLAGS:
+        if hasattr(args, key):
+            data[key] = getattr(args, key)
+    if args.method is not None:
+        data["method"] = args.method
+    if getattr(args, "share_layers", None) is not None:
+        data["share_layers"] = args.share_layers
+    config = BaselineConfig.from_dict(data).validate()
+    out = Path(args.out) if args.out else Path("runs") / f"baseline-{config.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.count_only:
+        print(trainable_count(config))
+        return 0
+    from pqt.sweep import inspect_run
+
+    if inspect_run(out, "baseline", config.to_dict())[0] == "finished":
+        print(f"{out} already holds this finished run; nothing to do")
+        return 0
+    try:
+        metrics = run_baseline(config, out)
+    except KeyboardInterrupt:
+        print(f"pqt: interrupted; finished epochs are kept in {out}; run the same command again to continue",
+              file=sys.stderr)
+        return 130
+    print(f"done: test accuracy {100 * metrics['test_accuracy']:.2f}% with {metrics['trainable_parameters']} "
+          f"trainable parameters after {metrics['epochs_completed']} epochs in {metrics['wall_seconds']:.0f}s; "
+          f"metrics in {out / run_files.METRICS}")
+    return 0
+
+
+def add_baseline_parser(sub: Any) -> None:
+    """Register ``pqt baseline`` on the CLI's subparsers object."""
+    defaults = BaselineConfig()
+    p = sub.add_parser("baseline", help="train a classical baseline (paper Table 4): classical, weight-sharing, "
+                                        "pruning")
+    p.add_argument("--method", choices=METHODS, default=None, help="baseline method (default: classical)")
+    p.add_argument("--config", help="JSON or TOML file of baseline keys; flags override it")
+    for flag, key, typ, text in _FLAGS:
+        p.add_argument(flag, dest=key, type=typ, default=argparse.SUPPRESS,
+                       help=f"{text} (default: {getattr(defaults, key)})")
+    p.add_argument("--share-layers", nargs="+", default=None,
+                   help="weight-sharing: layers to share (default: all weight layers: conv1 conv2 fc1 fc2)")
+    p.add_argument("--out", help="run directory (default: runs/baseline-<method>-<timestamp>); an existing "
+                                 "unfinished run there is resumed, a finished one skipped")
+    p.add_argument("--count-only", action="store_true", help="print the exact trainable parameter count and stop")
+    p.set_defaults(func=_cmd_baseline)
+

@@ -1,0 +1,333 @@
+"""pqt.sweep (study files, run directories, skip/resume/failure, aggregation) and pqt.figures.
+
+Real tiny runs on the shared partial-MNIST data: 200 training and 100 test images, one round, one
+Adam epoch, 5 COBYLA evaluations on 50 images, bond dimension 1-2 (about a second each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from pqt import run_files
+from pqt.errors import UserError
+from pqt.sweep import aggregate, describe_plan, format_value, load_study, run_name, run_sweep
+
+TINY_BASE = """
+[base]
+train_limit = 200
+test_limit = 100
+rounds = 1
+adam_epochs = 1
+cobyla_maxiter = 5
+phase_batch = 50
+shots = "exact"
+"""
+
+
+def write_study(folder: Path, body: str, name: str = "tiny", protocol: str = "smoke-1x5",
+                base: str = TINY_BASE, top: str = "") -> Path:
+    path = folder / f"{name}.toml"
+    path.write_text(f'name = "{name}"\nprotocol = "{protocol}"\n{top}\n{base}\n{body}\n')
+    return path
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def quiet(_line: str) -> None:
+    pass
+
+
+def sweep(study_path: Path, tmp: Path, overrides: tuple[str, ...] = ()):
+    study = load_study(study_path, overrides)
+    return study, run_sweep(study, tmp / "runs", jobs=1, results=tmp / "results", show_progress=False,
+                            print_fn=quiet)
+
+
+# --------------------------------------------------------------------------- study files
+
+
+def test_grid_expansion_with_dotted_keys_and_several_grids(tmp_path: Path) -> None:
+    path = write_study(tmp_path, """
+[base.backend_options]
+indistinguishability = 0.9
+[[grid]]
+"backend_options.transmittance" = [1.0, 0.5]
+bond_dim = [1, 2]
+seed = [0]
+[[grid]]
+"backend_options.transmittance" = [1.0]
+bond_dim = [1, 3]
+seed = [0]
+""", base=TINY_BASE + 'backend = "noisy"\n')
+    study = load_study(path)
+    names = [r.name for r in study.runs]
+    assert names == [
+        "backend_options.transmittance=1.0,bond_dim=1,seed=0",
+        "backend_options.transmittance=1.0,bond_dim=2,seed=0",
+        "backend_options.transmittance=0.5,bond_dim=1,seed=0",
+        "backend_options.transmittance=0.5,bond_dim=2,seed=0",
+        "backend_options.transmittance=1.0,bond_dim=3,seed=0",  # (1.0, 1) of grid 2 is a duplicate
+    ]
+    run = study.runs[2]
+    assert run.config["backend_options"] == {"indistinguishability": 0.9, "transmittance": 0.5}
+    assert run.config["bond_dim"] == 1 and run.config["rounds"] == 1 and run.config["shots"] is None
+    assert study.group_by == ["backend_options.transmittance", "bond_dim"]  # grid keys but seed
+
+
+def test_run_directory_names() -> None:
+    assert run_name({"bond_dim": 4, "seed": 0}) == "bond_dim=4,seed=0"
+    assert run_name({"shots": "exact", "lr": 0.001, "keep_ratio": 0.5}) == "shots=exact,lr=0.001,keep_ratio=0.5"
+    assert run_name({"share_layers": ["fc1", "fc2"], "flag": True}) == "share_layers=fc1+fc2,flag=true"
+    assert run_name({"dataset": "a/b c"}) == "dataset=a_b_c"
+    assert run_name({}) == "base"
+    assert format_value(None) == "" and format_value(1.0) == "1.0"
+
+
+def test_set_overrides_restrict_grid_keys_and_change_base(tmp_path: Path) -> None:
+    path = write_study(tmp_path, "[grid]\nbond_dim = [1, 2, 3]\nseed = [0, 1, 2]\n")
+    study = load_study(path, ["bond_dim=2", "seed=[0, 1]", "adam_lr=0.01", "backend_options.g2=0.1"])
+    assert [r.name for r in study.runs] == ["bond_dim=2,seed=0", "bond_dim=2,seed=1"]
+    assert all(r.config["adam_lr"] == 0.01 and r.config["backend_options"] == {"g2": 0.1} for r in study.runs)
+    assert study.protocol.startswith("smoke-1x5 (overridden: bond_dim=2")
+
+
+@pytest.mark.parametrize("top, body, match", [
+    ("", "[grid]\nbond_dimension = [1]\n", "unknown config key.*bond_dimension"),
+    ("", "colour = 1\n", "unknown config key.*colour"),  # inside [base]
+    ("", "[grid]\nbond_dim = []\n", "empty list"),
+    ("colour = 1\n", "", "unknown study key.*colour"),
+    ("kind = \"nonsense\"\n", "", "unknown study kind"),
+    ("", "[report]\nstd = \"robust\"\n", "report.std"),
+    ("", "[report]\ngroup_by = [\"flavour\"]\n", "group_by key 'flavour'"),
+])
+def test_bad_study_files_are_user_errors(tmp_path: Path, top: str, body: str, match: str) -> None:
+    with pytest.raises(UserError, match=match):
+        load_study(write_study(tmp_path, body, top=top))
+
+
+def test_missing_protocol_is_a_user_error(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text('name = "s"\n[grid]\nseed = [0]\n')
+    with pytest.raises(UserError, match="protocol"):
+        load_study(path)
+
+
+def test_protocol_file_supplies_defaults(tmp_path: Path) -> None:
+    (tmp_path / "protocols").mkdir()
+    (tmp_path / "protocols" / "p.toml").write_text('protocol = "reduced-3x7"\n[base]\nrounds = 3\n'
+                                                   'cobyla_maxiter = 7\n')
+    path = tmp_path / "s.toml"
+    path.write_text('name = "s"\nextends = "protocols/p.toml"\n[base]\ncobyla_maxiter = 9\n[grid]\nseed = [0]\n')
+    study = load_study(path)
+    assert study.protocol == "reduced-3x7"
+    assert study.runs[0].config["rounds"] == 3 and study.runs[0].config["cobyla_maxiter"] == 9
+
+
+# --------------------------------------------------------------------------- running
+
+
+def test_sweep_writes_tables_then_skips_finished_runs(tmp_path: Path) -> None:
+    path = write_study(tmp_path, "[grid]\nbond_dim = [1]\nseed = [0, 1]\n")
+    study, outcome = sweep(path, tmp_path)
+    assert sorted(outcome.finished) == ["bond_dim=1,seed=0", "bond_dim=1,seed=1"] and not outcome.failed
+    results = tmp_path / "results"
+    rows = read_csv(results / "tiny.csv")
+    assert [r["status"] for r in rows] == ["finished", "finished"]
+    assert {r["protocol"] for r in rows} == {"smoke-1x5"}
+    assert rows[0]["trainable_parameters"] == "159" and rows[0]["paper_count_parameters"] == "223"
+    summary = read_csv(results / "tiny_summary.csv")
+    assert len(summary) == 1 and summary[0]["n"] == "2" and summary[0]["std_kind"] == "population"
+    accs = [float(r["test_accuracy"]) for r in rows]
+    mean = sum(accs) / 2
+    assert float(summary[0]["test_accuracy_mean"]) == pytest.approx(mean)
+    assert float(summary[0]["test_accuracy_std"]) == pytest.approx(abs(accs[0] - mean))  # population std
+    md = (results / "tiny.md").read_text()
+    assert md.startswith("# tiny — protocol `smoke-1x5`")
+    assert "population std" in md and " ± " in md and "| 1 | 2/2 |" in md
+    curves = read_csv(results / "tiny_curves.csv")
+    assert [(c["group"], c["seed"], c["round"]) for c in curves] == [("bond_dim=1", "0", "1"), ("bond_dim=1", "1", "1")]
+    assert float(curves[0]["objective_evaluations"]) == 5
+
+    metrics_files = [tmp_path / "runs" / "tiny" / r.name / run_files.METRICS for r in study.runs]
+    mtimes = [f.stat().st_mtime_ns for f in metrics_files]
+    plan = describe_plan(study, tmp_path / "runs")
+    assert "0 new, 0 to resume, 2 finished" in plan[0] and all(line.endswith("finished") for line in plan[1:3])
+    _, again = sweep(path, tmp_path)
+    assert sorted(again.skipped) == sorted(outcome.finished) and not again.finished
+    assert [f.stat().st_mtime_ns for f in metrics_files] == mtimes  # nothing retrained
+
+    # The same directories with other settings are refused, not reused or overwritten.
+    _, changed = sweep(path, tmp_path, ("adam_lr=0.5",))
+    assert len(changed.failed) == 2 and "other settings (adam_lr: 0.001 -> 0.5)" in next(iter(changed.failed.values()))
+    assert [f.stat().st_mtime_ns for f in metrics_files] == mtimes
+
+
+def test_interrupted_run_is_resumed_not_restarted(tmp_path: Path) -> None:
+    from pqt.config import TrainConfig
+    from pqt.train import Trainer
+
+    path = write_study(tmp_path, "[grid]\nbond_dim = [2]\nseed = [0]\n", base=TINY_BASE.replace("rounds = 1",
+                                                                                                "rounds = 2"))
+    study = load_study(path)
+    run_dir = tmp_path / "runs" / "tiny" / study.runs[0].name
+    # What an interrupted sweep leaves: round 1 finished and checkpointed, status "running".
+    trainer = Trainer(TrainConfig.from_dict(study.runs[0].config), run_dir, log=quiet)
+    run_dir.mkdir(parents=True)
+    run_files.write_json(run_dir / run_files.CONFIG, trainer.config.to_dict())
+    first = trainer.run_round(0)
+    before = run_files.read_json(run_dir / run_files.METRICS)
+    assert before["status"] == "running" and before["rounds_completed"] == 1
+    assert "resume" in describe_plan(study, tmp_path / "runs")[1]
+
+    _, outcome = sweep(path, tmp_path)
+    assert outcome.finished == [study.runs[0].name]
+    after = run_files.read_json(run_dir / run_files.METRICS)
+    assert after["status"] == "finished" and after["rounds_completed"] == 2
+    assert after["history"][0] == json.loads(json.dumps(first))  # round 1 kept as it was (timing included)
+    assert "resuming after round 1 of 2" in (run_dir / run_files.LOG).read_text()
+
+
+def test_failed_run_is_recorded_and_the_others_proceed(tmp_path: Path) -> None:
+    # exact-gradient needs exact probabilities: with shots = 100 the run fails with a UserError.
+    path = write_study(tmp_path, """
+[[grid]]
+phase_optimizer = ["exact-gradient", "cobyla"]
+bond_dim = [1]
+""", base=TINY_BASE.replace('shots = "exact"', "shots = 100"))
+    study, outcome = sweep(path, tmp_path)
+    bad, good = (r.name for r in study.runs)
+    assert outcome.finished == [good]
+    assert list(outcome.failed) == [bad] and "exact-gradient needs exact" in outcome.failed[bad]
+    assert "exact-gradient needs exact" in (tmp_path / "runs" / "tiny" / bad / "error.txt").read_text()
+    rows = {r["run"]: r for r in read_csv(tmp_path / "results" / "tiny.csv")}
+    assert rows[bad]["status"] == "failed" and "exact-gradient" in rows[bad]["error"]
+    assert rows[good]["status"] == "finished" and rows[good]["test_accuracy"]
+    md = (tmp_path / "results" / "tiny.md").read_text()
+    assert "Runs not in the table" in md and bad in md
+
+
+def test_run_locked_by_a_live_process_is_left_alone_and_a_stale_lock_is_taken_over(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from pqt.sweep import LOCK_FILE, execute_run
+
+    config = {"method": "classical", "epochs": 1, "train_limit": 200, "test_limit": 100}
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / LOCK_FILE).write_text(str(os.getppid()))  # a live process that is not us
+    status, message = execute_run("baseline", config, run_dir)
+    assert status == "busy" and "another process" in message
+    assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_FILE]
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (run_dir / LOCK_FILE).write_text(str(dead.pid))
+    assert execute_run("baseline", config, run_dir) == ("finished", None)
+    assert not (run_dir / LOCK_FILE).exists()
+
+
+def test_aggregate_only_reports_unstarted_runs(tmp_path: Path) -> None:
+    study = load_study(write_study(tmp_path, "[grid]\nbond_dim = [1, 2]\n"))
+    files = aggregate(study, tmp_path / "runs", tmp_path / "results")
+    assert [f.name for f in files] == ["tiny.csv", "tiny_summary.csv", "tiny.md", "tiny_curves.csv"]
+    assert [r["status"] for r in read_csv(files[0])] == ["not started", "not started"]
+    assert read_csv(files[1])[0]["n"] == "0"
+
+
+# --------------------------------------------------------------------------- CLI hooks and figures
+
+
+def test_parsers_register_subcommands(tmp_path: Path) -> None:
+    from pqt.baselines import add_baseline_parser
+    from pqt.figures import add_figures_parser
+    from pqt.sweep import add_sweep_parser
+
+    parser = argparse.ArgumentParser(prog="pqt")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (add_sweep_parser, add_baseline_parser, add_figures_parser):
+        add(sub)
+    args = parser.parse_args(["sweep", "s.toml", "--jobs", "2", "--dry-run", "--set", "rounds=3"])
+    assert args.jobs == 2 and args.dry_run and args.set == ["rounds=3"] and callable(args.func)
+    args = parser.parse_args(["baseline", "--method", "pruning", "--keep-ratio", "0.5", "--count-only"])
+    assert args.func(args) == 0
+    args = parser.parse_args(["figures", "--results", str(tmp_path / "nothing")])
+    with pytest.raises(UserError, match="not found"):
+        args.func(args)
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_figures_from_result_files_and_skips(tmp_path: Path) -> None:
+    from pqt.figures import make_figures
+
+    res = tmp_path / "results"
+    res.mkdir()
+    p = {"protocol": "synthetic"}
+    _write(res / "table3_curves.csv", [{**p, "group": f"bond_dim={c}", "bond_dim": c, "seed": s, "status": "finished",
+                                        "round": r, "test_accuracy": 0.5 + 0.01 * r * c, "wall_seconds": r,
+                                        "objective_evaluations": 5 * r}
+                                       for c in (1, 2) for s in (0, 1) for r in (1, 2, 3)])
+    _write(res / "table3_summary.csv", [{**p, "bond_dim": c, "n": 3, "trainable_parameters_mean": 31 * c * c + 128,
+                                         "trainable_parameters_std": 0, "test_accuracy_mean": 0.8 + 0.01 * c,
+                                         "test_accuracy_std": 0.01, "generalization_error_mean": 0.01 * c,
+                                         "generalization_error_std": ""} for c in (1, 2, 3)])
+    _write(res / "baselines_summary.csv", [
+        {**p, "method": m, "share_k": k, "share_layers": "", "keep_ratio": r, "n": 3, "trainable_parameters_mean": n,
+         "trainable_parameters_std": 0, "test_accuracy_mean": a, "test_accuracy_std": 0.003,
+         "generalization_error_mean": 0.02, "generalization_error_std": 0.001}
+        for m, k, r, n, a in (("classical", "", "", 6690, 0.97), ("weight-sharing", 2, "", 924, 0.8),
+                              ("weight-sharing", 4, "", 1798, 0.85), ("pruning", "", 0.5, 3370, 0.94))])
+    _write(res / "ablation_summary.csv", [{**p, "distribution_source": s, "bond_dim": c, "test_accuracy_mean": 0.9,
+                                           "test_accuracy_std": 0.01}
+                                          for s in ("photonic", "constant") for c in (2, 4)])
+    _write(res / "shots_summary.csv", [{**p, "shots": s, "test_accuracy_mean": 0.9, "test_accuracy_std": 0.01}
+                                       for s in ("100", "10000", "")])
+    _write(res / "noise_summary.csv", [
+        {**p, "backend_options.indistinguishability": i, "backend_options.transmittance": t,
+         "test_accuracy_mean": 0.9, "test_accuracy_std": 0.01, "postselection_rate_mean": 0.5 * t,
+         "postselection_rate_std": 0.01} for i, t in ((1.0, 1.0), (0.9, 1.0), (1.0, 0.5))])
+    _write(res / "optimizers_curves.csv", [{**p, "group": f"phase_optimizer={o}", "seed": 0, "status": "finished",
+                                            "round": r, "test_accuracy": 0.1 * r, "wall_seconds": 2.0 * r,
+                                            "objective_evaluations": 0 if o == "exact-gradient" else 5 * r}
+                                           for o in ("cobyla", "exact-gradient") for r in (1, 2)])
+    lines: list[str] = []
+    written = make_figures(res, tmp_path / "figs", log=lines.append)
+    assert sorted(p.name for p in written) == sorted([
+        "fig3_curves_table3.png", "fig4_accuracy_table3.png", "fig4_generalization_table3.png", "ablation.png",
+        "shots.png", "noise.png", "optimizers.png"])
+    assert all(p.stat().st_size > 1000 for p in written)
+    skipped = [line for line in lines if line.startswith("skipped")]
+    assert len(skipped) == 3 and all("table3_paper" in line and "not found" in line for line in skipped)
+
+
+@pytest.mark.slow
+def test_parallel_workers_run_and_record(tmp_path: Path) -> None:
+    """--jobs 2: each run in its own spawned process; results and failures as with one job."""
+    path = write_study(tmp_path, """
+[[grid]]
+phase_optimizer = ["cobyla", "exact-gradient"]
+bond_dim = [1]
+""", base=TINY_BASE.replace('shots = "exact"', "shots = 100"))
+    study = load_study(path)
+    outcome = run_sweep(study, tmp_path / "runs", jobs=2, results=tmp_path / "results", show_progress=False,
+                        print_fn=quiet)
+    good, bad = (r.name for r in study.runs)
+    assert outcome.finished == [good] and list(outcome.failed) == [bad]
+    assert "exact-gradient needs exact" in outcome.failed[bad]
+    metrics = run_files.read_json(tmp_path / "runs" / "tiny" / good / run_files.METRICS)
+    assert metrics["status"] == "finished" and metrics["shots"] == 100
+    assert [r["status"] for r in read_csv(tmp_path / "results" / "tiny.csv")] == ["finished", "failed"]
