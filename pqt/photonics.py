@@ -10,10 +10,11 @@ Outcome order (documented contract): the patterns are the N-subsets of the modes
 
 How it is evaluated: the circuit stays the Perceval object (``qnn.circuit``), and its phase
 parameters are the Perceval parameters in ``circuit.get_parameters()`` order. For speed the
-unitary columns that the input photons see are built directly from those phases, one
-vectorised MZI layer at a time (checked against ``circuit.compute_unitary()`` in the tests),
-and the collision-free probabilities are the squared permanents |Perm(U[S, inputs])|^2 of the
-N x N submatrices. Large photon numbers fall back to Perceval's SLOS fed with that unitary.
+unitary columns that the input photons see are built directly from those phases: every MZI
+layer is one block-diagonal matrix, all built with one scatter and chained by small matmuls
+(checked against ``circuit.compute_unitary()`` in the tests), and the collision-free
+probabilities are the squared permanents |Perm(U[S, inputs])|^2 of the N x N submatrices
+(Ryser's formula). Large photon numbers fall back to Perceval's SLOS fed with that unitary.
 ``perceval_distribution`` is the straightforward Perceval path (Processor + Sampler), kept as
 the reference the tests and ``pqt bench`` compare against.
 """
@@ -48,8 +49,8 @@ def restore_sigint() -> None:
 
 restore_sigint()
 
-# Above this many photons the N! permutation table grows too large; use Perceval's SLOS.
-_MAX_PERMANENT_PHOTONS = 6
+# Above this many photons Ryser's 2^N terms per pattern lose to Perceval's SLOS.
+_MAX_PERMANENT_PHOTONS = 8
 
 
 def mzi(index: int) -> pcvl.Circuit:
@@ -68,23 +69,31 @@ def default_input_modes(modes: int, photons: int) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
-class _MeshLayer:
-    """MZIs of one layer act on disjoint mode pairs, so a layer is one vectorised update."""
+class _MeshPlan:
+    """Where every MZI's 2x2 block sits in the M x M matrix of its layer.
 
-    top: np.ndarray  # top mode of each MZI
-    bottom: np.ndarray  # top + 1
-    phase_a: np.ndarray  # index into the phase vector of each MZI's internal phase
+    MZIs of one layer act on disjoint mode pairs, so a layer is one block-diagonal matrix and the
+    mesh is the product of ``n_layers`` of them: building all of them with one scatter and chaining
+    them with small matmuls is a few dozen array operations, for numpy and torch (autograd) alike.
+    """
+
+    modes: int
+    n_layers: int
+    phase_a: np.ndarray  # (n_mzi,) index into the phase vector of each MZI's internal phase
     phase_b: np.ndarray  # ... and of its external phase
+    block_index: np.ndarray  # (4 * n_mzi,) flat index in (n_layers, M, M) of t00, t01, t10, t11
+    identity_index: np.ndarray  # flat indices of the diagonal entries no MZI touches (value 1)
 
 
-def _mesh_layers(circuit: pcvl.Circuit, param_index: dict[str, int]) -> list[_MeshLayer]:
+def _mesh_plan(circuit: pcvl.Circuit, param_index: dict[str, int]) -> _MeshPlan:
     """Read the flattened circuit back into MZI layers (BS, PS, BS, PS on each mode pair)."""
     # Barriers only align the drawing; they act as the identity.
     components = [(r, c) for r, c in circuit if not isinstance(c, pcvl.components.Barrier)]
     if len(components) % 4:
         raise ValueError("interferometer is not made of MZIs (BS, PS, BS, PS)")
-    depth = [0] * circuit.m
-    by_layer: dict[int, list[tuple[int, int, int]]] = {}
+    m = circuit.m
+    depth = [0] * m
+    mzis: list[tuple[int, int, int, int]] = []  # (layer, top, phase a, phase b)
     for i in range(0, len(components), 4):
         (r0, bs0), (r1, ps_a), (r2, bs1), (r3, ps_b) = components[i : i + 4]
         top = r0[0]
@@ -96,14 +105,17 @@ def _mesh_layers(circuit: pcvl.Circuit, param_index: dict[str, int]) -> list[_Me
             raise ValueError("interferometer is not made of MZIs (BS, PS, BS, PS)")
         layer = max(depth[top], depth[top + 1])
         depth[top] = depth[top + 1] = layer + 1
-        a = param_index[ps_a.get_parameters()[0].name]
-        b = param_index[ps_b.get_parameters()[0].name]
-        by_layer.setdefault(layer, []).append((top, a, b))
-    layers = []
-    for layer in sorted(by_layer):
-        top, a, b = (np.array(v) for v in zip(*by_layer[layer], strict=True))
-        layers.append(_MeshLayer(top, top + 1, a, b))
-    return layers
+        mzis.append((layer, top, param_index[ps_a.get_parameters()[0].name],
+                     param_index[ps_b.get_parameters()[0].name]))
+    n_layers = max(depth) if mzis else 0
+    layer, top, pa, pb = (np.array(v, dtype=np.int64) for v in zip(*mzis, strict=True))
+    base = layer * m * m
+    block_index = np.concatenate([base + top * m + top, base + top * m + top + 1,
+                                  base + (top + 1) * m + top, base + (top + 1) * m + top + 1])
+    diagonal = {(k, i) for k in range(n_layers) for i in range(m)}
+    diagonal -= {(k, t + d) for k, t in zip(layer, top, strict=True) for d in (0, 1)}
+    identity_index = np.array(sorted(k * m * m + i * m + i for k, i in diagonal), dtype=np.int64)
+    return _MeshPlan(m, n_layers, pa, pb, block_index, identity_index)
 
 
 class PhotonicQNN:
@@ -138,7 +150,7 @@ class PhotonicQNN:
         for k in input_modes:
             occupation[k] = 1
         self.input_state = pcvl.BasicState(occupation)
-        self._layers = _mesh_layers(self.circuit, {n: i for i, n in enumerate(self.parameter_names)})
+        self._plan = _mesh_plan(self.circuit, {n: i for i, n in enumerate(self.parameter_names)})
         # Output patterns: N-subsets of modes in combinations order (see module docstring).
         self.output_modes = np.array(list(itertools.combinations(range(modes), photons)), dtype=np.int64)
         self._torch_cache: dict[Any, Any] = {}
@@ -166,79 +178,91 @@ class PhotonicQNN:
         return patterns
 
     @cached_property
-    def _permutations(self) -> np.ndarray:
-        return np.array(list(itertools.permutations(range(self.photons))), dtype=np.int64)
+    def _ryser_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Constants of Ryser's formula for every pattern's N x N submatrix.
+
+        Perm(A) = sum over column subsets T of (-1)^(N - |T|) prod_i sum_{j in T} A_ij: 2^N dense
+        terms (16 for 4 photons) instead of N! gathered products, as a gather, a matmul and a prod.
+        """
+        n = self.photons
+        subsets = np.array(list(itertools.product((0.0, 1.0), repeat=n)))  # (2^N, N)
+        signs = (-1.0) ** (n - subsets.sum(1))
+        # flat index of U[S_k[i], j] in the (M x N) columns, for pattern k, row i, column j
+        gather = (self.output_modes[:, :, None] * n + np.arange(n)[None, None, :]).reshape(-1)
+        return gather, subsets.T.copy(), signs
 
     # ---- unitary -------------------------------------------------------------------------------
     def _check_phases(self, phases: Any) -> None:
         if len(phases) != self.n_parameters:
             raise UserError(f"{self!r} takes {self.n_parameters} phases, got {len(phases)}")
 
-    def _propagate(self, phases: Any, columns: Any, xp: Any, index: Any) -> Any:
-        """Apply the mesh to ``columns`` (M x k), layer by layer; ``xp`` is numpy or torch."""
-        x = columns
-        for layer in index:
-            top, bottom, pa, pb, rest, inverse = layer
-            ea = xp.exp(1j * phases[pa])
-            eb = xp.exp(1j * phases[pb])
-            # MZI = PS(b) . BS . PS(a) . BS with Perceval's BS (Rx convention):
-            # [[eb (ea - 1), i eb (ea + 1)], [i (ea + 1), 1 - ea]] / 2
-            t00 = (0.5 * eb * (ea - 1))[:, None]
-            t01 = (0.5j * eb * (ea + 1))[:, None]
-            t10 = (0.5j * (ea + 1))[:, None]
-            t11 = (0.5 * (1 - ea))[:, None]
-            xt, xb = x[top], x[bottom]
-            stacked = xp.concatenate([t00 * xt + t01 * xb, t10 * xt + t11 * xb, x[rest]])
-            x = stacked[inverse]
-        return x
+    def _layer_matrices(self, phases: Any, xp: Any) -> Any:
+        """(n_layers, M, M) block-diagonal layer matrices; ``xp`` is numpy or torch."""
+        plan = self._plan
+        ea = xp.exp(1j * phases[plan.phase_a])
+        eb = xp.exp(1j * phases[plan.phase_b])
+        # MZI = PS(b) . BS . PS(a) . BS with Perceval's BS (Rx convention):
+        # [[eb (ea - 1), i eb (ea + 1)], [i (ea + 1), 1 - ea]] / 2
+        blocks = xp.concatenate([0.5 * eb * (ea - 1), 0.5j * eb * (ea + 1), 0.5j * (ea + 1), 0.5 * (1 - ea)])
+        size = plan.n_layers * plan.modes * plan.modes
+        if xp is np:
+            flat = np.zeros(size, dtype=np.complex128)
+            flat[plan.identity_index] = 1.0
+            flat[plan.block_index] = blocks
+        else:
+            block_index, identity = self._torch_constants(phases.device)
+            flat = identity.index_put((block_index,), blocks)  # out of place: differentiable
+        return flat.reshape(plan.n_layers, plan.modes, plan.modes)
 
-    def _layer_index(self, to: Any = None) -> list[tuple]:
-        key = ("index", to)
+    def _torch_constants(self, device: Any) -> tuple[Any, Any]:
+        import torch
+
+        key = ("mesh", str(device))
         if key not in self._torch_cache:
-            index = []
-            for layer in self._layers:
-                touched = np.concatenate([layer.top, layer.bottom])
-                rest = np.setdiff1d(np.arange(self.modes), touched)
-                order = np.concatenate([touched, rest])
-                inverse = np.argsort(order)
-                arrays = (layer.top, layer.bottom, layer.phase_a, layer.phase_b, rest, inverse)
-                index.append(tuple(to(a) if to else a for a in arrays))
-            self._torch_cache[key] = index
+            plan = self._plan
+            identity = torch.zeros(plan.n_layers * plan.modes * plan.modes, dtype=torch.complex128, device=device)
+            identity[torch.as_tensor(plan.identity_index, device=device)] = 1.0
+            self._torch_cache[key] = (torch.as_tensor(plan.block_index, device=device), identity)
         return self._torch_cache[key]
+
+    def _propagate(self, phases: Any, columns: Any, xp: Any) -> Any:
+        """Apply the mesh to ``columns`` (M x k): the layer matrices, first layer first."""
+        layers = self._layer_matrices(phases, xp)
+        for k in range(self._plan.n_layers):
+            columns = layers[k] @ columns
+        return columns
 
     def unitary(self, phases: Any) -> np.ndarray:
         """The full M x M unitary of the mesh for ``phases`` (equals ``circuit.compute_unitary()``)."""
         phases = np.asarray(phases, dtype=np.float64)
         self._check_phases(phases)
-        return self._propagate(phases, np.eye(self.modes, dtype=np.complex128), np, self._layer_index())
+        return self._propagate(phases, np.eye(self.modes, dtype=np.complex128), np)
 
     def input_columns(self, phases: Any) -> np.ndarray:
         """U[:, input_modes]: the only part of the unitary the photons see (M x N)."""
         phases = np.asarray(phases, dtype=np.float64)
         self._check_phases(phases)
         start = np.eye(self.modes, dtype=np.complex128)[:, list(self.input_modes)]
-        return self._propagate(phases, start, np, self._layer_index())
+        return self._propagate(phases, start, np)
 
     # ---- distributions -------------------------------------------------------------------------
     def collision_free_probabilities(self, columns: Any, xp: Any = np) -> Any:
         """Unnormalised |Perm(U[S, inputs])|^2 for every pattern S, from the M x N columns."""
-        if xp is np:
-            rows, perms = self.output_modes[:, None, :], self._permutations[None, :, :]
-        else:
-            rows, perms = self._torch_gather_index(columns.device)
-        terms = columns[rows, perms]  # (K, N!, N): U[S_i, sigma(i)]
-        perm = terms.prod(-1).sum(-1)
+        gather, subsets, signs = self._ryser_tables if xp is np else self._torch_ryser(columns.device)
+        n = self.photons
+        sub = columns.reshape(-1)[gather].reshape(-1, n, n)  # (K, N, N): U[S_k[i], input j]
+        perm = ((sub @ subsets).prod(1) * signs).sum(-1)
         return perm.real**2 + perm.imag**2
 
-    def _torch_gather_index(self, device: Any) -> tuple[Any, Any]:
+    def _torch_ryser(self, device: Any) -> tuple[Any, Any, Any]:
         import torch
 
-        key = ("gather", str(device))
+        key = ("ryser", str(device))
         if key not in self._torch_cache:
-            self._torch_cache[key] = (
-                torch.as_tensor(self.output_modes[:, None, :], device=device),
-                torch.as_tensor(self._permutations[None, :, :], device=device),
-            )
+            gather, subsets, signs = self._ryser_tables
+            self._torch_cache[key] = (torch.as_tensor(gather, device=device),
+                                      torch.as_tensor(subsets, dtype=torch.complex128, device=device),
+                                      torch.as_tensor(signs, dtype=torch.float64, device=device))
         return self._torch_cache[key]
 
     def exact_distribution(self, phases: Any) -> np.ndarray:
@@ -275,10 +299,8 @@ class PhotonicQNN:
         """Differentiable exact distribution: ``phases`` a float64 torch tensor (grad allowed)."""
         import torch
 
-        device = phases.device
-        index = self._layer_index(to=lambda a: torch.as_tensor(a, device=device))
-        start = torch.eye(self.modes, dtype=torch.complex128, device=device)[:, list(self.input_modes)]
-        columns = self._propagate(phases, start, torch, index)
+        start = torch.eye(self.modes, dtype=torch.complex128, device=phases.device)[:, list(self.input_modes)]
+        columns = self._propagate(phases, start, torch)
         probs = self.collision_free_probabilities(columns, xp=torch)
         return probs / probs.sum()
 
