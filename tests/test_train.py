@@ -307,3 +307,29 @@ def test_plan_matches_a_real_run(runs, two_round_run, tiny_config) -> None:
     assert m["circuit_evaluations"] <= plan["circuit_evaluations_total"]
     assert m["shots_used"] <= plan["shots_total"]
     assert m["shots_used"] == plan["shots_total"]  # COBYLA used its whole budget of 20 here
+
+
+def test_validation_split_holds_out_the_last_training_images(tiny_config, make_trainer, tmp_path):
+    trainer = make_trainer(tiny_config(rounds=1, validation_size=50), tmp_path)
+    assert len(trainer.train_set) == 250 and len(trainer.validation_set) == 50
+    full = make_trainer(tiny_config(rounds=1), tmp_path / "full").train_set
+    assert torch.equal(trainer.validation_set.images, full.images[250:300])
+    assert torch.equal(trainer.train_set.images, full.images[:250])
+    metrics = trainer.run()
+    entry = metrics["history"][0]
+    assert 0.0 <= entry["validation_accuracy"] <= 1.0 and metrics["validation_accuracy"] == entry["validation_accuracy"]
+
+
+def test_cosine_schedule_decays_both_learning_rates(tiny_config, make_trainer, tmp_path):
+    trainer = make_trainer(tiny_config(rounds=2, phase_optimizer="exact-gradient", shots=None,
+                                       lr_schedule="cosine", adam_lr=0.01, phase_lr=0.02), tmp_path)
+    trainer._schedule_lr(0.0)
+    assert trainer.adam.param_groups[0]["lr"] == pytest.approx(0.01)
+    assert trainer.phase_adam.param_groups[0]["lr"] == pytest.approx(0.02)
+    trainer._schedule_lr(0.5)
+    assert trainer.adam.param_groups[0]["lr"] == pytest.approx(0.005)
+    trainer._schedule_lr(1.0)
+    assert trainer.adam.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    constant = make_trainer(tiny_config(rounds=1), tmp_path / "constant")
+    constant._schedule_lr(0.9)
+    assert constant.adam.param_groups[0]["lr"] == pytest.approx(1e-3)
