@@ -8,7 +8,8 @@ plain torch. See README.md.
 import os
 from typing import Any
 
-# scipy's COBYLA is pure Python; numpy's BLAS threads only compete with torch for the cores.
+# numpy's BLAS threads only compete with torch for the cores (the phase optimizers also limit them
+# with threadpoolctl, which works even when numpy was imported first).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from pqt.errors import UserError  # noqa: E402

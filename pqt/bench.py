@@ -95,7 +95,8 @@ def run_bench(as_json: bool = False, repeats: int = 15) -> dict[str, Any]:
     r["cnn_loss_ms"] = _median_ms(lambda: fixed_loss(weights), repeats)
     with torch.inference_mode():
         r["cnn_floor_ms"] = _median_ms(lambda: functional_forward(target, weights, images), repeats)
-    r["loss_max_abs_diff"] = abs(fixed_loss(weights) - plain_loss(target, weights, images, labels))
+    reference_loss = plain_loss(target, weights, images, labels)
+    r["loss_relative_diff"] = abs(fixed_loss(weights) - reference_loss) / abs(reference_loss)
 
     adam = torch.optim.Adam(generator.parameters(), lr=1e-3)
     combined = combine_distributions(exact, m)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import minimize
+from threadpoolctl import threadpool_limits
 
 from pqt.config import TrainConfig
 from pqt.errors import UserError
@@ -53,7 +54,9 @@ def run_cobyla(objective: Objective, x0: np.ndarray, config: TrainConfig) -> Pha
         return values[-1]
 
     maxiter = max(config.cobyla_maxiter, len(x0) + 2)
-    with contextlib.suppress(_EvaluationBudgetSpent):
+    # scipy's COBYLA (pyprima) is pure Python over small numpy arrays: BLAS threads only fight torch
+    # for the cores (measured: 46 ms instead of 21 ms per evaluation on 2 cores).
+    with contextlib.suppress(_EvaluationBudgetSpent), threadpool_limits(1, user_api="blas"):
         minimize(tracked, x0, method="COBYLA", options={"maxiter": maxiter, "rhobeg": config.cobyla_rhobeg})
     # COBYLA's own result is its best feasible point; with no constraints that is best_x too.
     return PhaseStep(best_x, len(values), values[0], best_value)
