@@ -195,6 +195,15 @@ def test_torch_distribution_equals_numpy(qnns, shape) -> None:
 
 
 @pytest.mark.parametrize("shape", PAPER_SHAPES)
+def test_torch_distribution_equals_perceval(qnns, shape) -> None:
+    """The differentiable simulation (exact-gradient training) against Perceval itself, to 1e-10."""
+    qnn = qnns[shape]
+    phases = qnn.random_phases(np.random.default_rng(21))
+    t = qnn.torch_distribution(torch.from_numpy(phases)).numpy()
+    np.testing.assert_allclose(t, perceval_distribution(qnn, phases), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape", PAPER_SHAPES)
 def test_torch_gradient_matches_finite_differences(qnns, shape) -> None:
     qnn = qnns[shape]
     rng = np.random.default_rng(17)
