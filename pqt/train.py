@@ -34,6 +34,7 @@ from pqt import run_files
 from pqt.config import TrainConfig
 from pqt.data import Dataset, load_dataset
 from pqt.errors import UserError
+from pqt.fast_forward import training_forward
 from pqt.fast_loss import FixedBatchLoss
 from pqt.params import parameter_report
 from pqt.phase_optimizers import PhaseStep, check_phase_optimizer, run_cobyla, run_spsa
@@ -213,7 +214,7 @@ class Trainer:
                     weights = self._generate(self.state.dists)  # a fresh vector every forward pass
                 else:
                     weights = self.generator(combined)
-                loss = F.cross_entropy(functional_forward(self.target, weights, x), y)
+                loss = F.cross_entropy(training_forward(self.target, weights, x), y)
                 _check_finite(loss.item(), f"Adam (round {r + 1}, epoch {epoch + 1})", self.out_dir, r)
                 loss.backward()
                 self.adam.step()
