@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pqt import run_files
+from pqt.config import check_known_keys
 from pqt.errors import UserError
 
 METHODS = ("classical", "weight-sharing", "pruning")
@@ -99,10 +100,7 @@ class BaselineConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BaselineConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"unknown baseline key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
+        check_known_keys(cls, data, "baseline")
         data = dict(data)
         layers = data.get("share_layers")
         if isinstance(layers, str):
@@ -302,10 +300,7 @@ class BaselineTrainer:
         trainable = self.net.trainable_parameters()
         return {
             "status": status,
-            "test_accuracy": last.get("test_accuracy"), "train_accuracy": last.get("train_accuracy"),
-            "test_loss": last.get("test_loss"), "train_loss": last.get("train_loss"),
-            "generalization_error": (last["test_loss"] - last["train_loss"]) if last else None,
-            "validation_accuracy": last.get("validation_accuracy"), "validation_loss": last.get("validation_loss"),
+            **run_files.final_results(last),
             "method": c.method, "share_k": c.share_k,
             "share_layers": list(c.share_layers) if c.share_layers is not None else None,
             "keep_ratio": c.keep_ratio,

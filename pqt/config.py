@@ -92,10 +92,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
+        check_known_keys(cls, data, "config")
         data = dict(data)
         for key in ("qnn_modes", "qnn_photons"):
             if key in data:
@@ -103,6 +100,14 @@ class TrainConfig:
         if data.get("shots") == "exact":
             data["shots"] = None
         return cls(**data)
+
+
+def check_known_keys(cls: type, data: dict[str, Any], what: str) -> None:
+    """Refuse keys that are not fields of the dataclass ``cls``, listing the valid ones."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UserError(f"unknown {what} key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

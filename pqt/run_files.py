@@ -55,6 +55,24 @@ def load_torch(path: Path) -> Any:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def final_results(last: dict[str, Any]) -> dict[str, Any]:
+    """The result keys of metrics.json, from the last history entry (round or epoch)."""
+    return {
+        "test_accuracy": last.get("test_accuracy"), "train_accuracy": last.get("train_accuracy"),
+        "test_loss": last.get("test_loss"), "train_loss": last.get("train_loss"),
+        "generalization_error": (last["test_loss"] - last["train_loss"]) if last else None,
+        "validation_accuracy": last.get("validation_accuracy"), "validation_loss": last.get("validation_loss"),
+    }
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any]:
+    """A run's metrics.json, or {} when it is missing or unreadable (a run killed mid-write)."""
+    try:
+        return read_json(Path(run_dir) / METRICS)
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
 def append_log(path: Path, line: str) -> None:
     with open(path, "a") as f:
         f.write(line + "\n")

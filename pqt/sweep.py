@@ -334,12 +334,7 @@ def inspect_run(run_dir: Path, kind: str, config: dict[str, Any]) -> tuple[str, 
     run_dir = Path(run_dir)
     wanted = normalise_config(kind, config)
     has_checkpoint = (run_dir / run_files.CHECKPOINT).is_file()
-    metrics: dict[str, Any] = {}
-    if (run_dir / run_files.METRICS).is_file():
-        try:
-            metrics = run_files.read_json(run_dir / run_files.METRICS)
-        except (OSError, json.JSONDecodeError):
-            metrics = {}
+    metrics = run_files.read_metrics(run_dir)
     finished = metrics.get("status") == "finished"
     if not has_checkpoint and not finished:
         return "new", ""
@@ -694,12 +689,7 @@ def _run_in_workers(study: Study, root: Path, todo: list[RunSpec], jobs: int, th
 
 
 def _run_status(study: Study, run: RunSpec, run_dir: Path) -> tuple[str, dict[str, Any], str]:
-    metrics: dict[str, Any] = {}
-    if (run_dir / run_files.METRICS).is_file():
-        try:
-            metrics = run_files.read_json(run_dir / run_files.METRICS)
-        except (OSError, json.JSONDecodeError):
-            metrics = {}
+    metrics = run_files.read_metrics(run_dir)
     state, detail = inspect_run(run_dir, study.kind, run.config)
     error = read_error(run_dir) or ""
     if state == "finished":

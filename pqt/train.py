@@ -339,10 +339,7 @@ class Trainer:
         counters = self.backend.counters
         return {
             "status": status,
-            "test_accuracy": last.get("test_accuracy"), "train_accuracy": last.get("train_accuracy"),
-            "test_loss": last.get("test_loss"), "train_loss": last.get("train_loss"),
-            "generalization_error": (last["test_loss"] - last["train_loss"]) if last else None,
-            "validation_accuracy": last.get("validation_accuracy"), "validation_loss": last.get("validation_loss"),
+            **run_files.final_results(last),
             "bond_dim": c.bond_dim, **self.report,
             "shots": c.shots if c.shots is not None else "exact", "backend": c.backend,
             "backend_settings": self.backend.describe(),
