@@ -641,6 +641,13 @@ def _run_in_workers(study: Study, root: Path, todo: list[RunSpec], jobs: int, th
     pending = deque(todo)
     active: dict[str, tuple[Any, RunSpec]] = {}
     done = float(bar.n) if bar is not None else 0.0
+
+    def terminate(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    # A plain `kill` (SIGTERM) must stop the workers too, not orphan them; and a sweep started in the
+    # background of a non-interactive shell has SIGINT ignored, so SIGTERM is its only clean stop.
+    previous_term = signal.signal(signal.SIGTERM, terminate)
     try:
         while pending or active:
             while pending and len(active) < jobs:
@@ -683,6 +690,8 @@ def _run_in_workers(study: Study, root: Path, todo: list[RunSpec], jobs: int, th
                 p.kill()
                 p.join()
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
 
 
 # --------------------------------------------------------------------------- aggregation
