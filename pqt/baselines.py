@@ -39,7 +39,9 @@ from torch import nn
 
 from pqt import run_files
 from pqt.config import check_known_keys
+from pqt.data import training_splits
 from pqt.errors import UserError
+from pqt.target import activation_fn, build_target, loss_and_accuracy, n_parameters
 
 METHODS = ("classical", "weight-sharing", "pruning")
 _SHUFFLE_SALT, _MASK_SALT = 11, 12
@@ -66,8 +68,6 @@ class BaselineConfig:
     threads: int | None = None
 
     def validate(self) -> BaselineConfig:
-        from pqt.target import activation_fn
-
         if self.method not in METHODS:
             raise UserError(f"unknown baseline method {self.method!r}: choose one of {', '.join(METHODS)}")
         if isinstance(self.validation_size, bool) or not isinstance(self.validation_size, int) \
@@ -189,8 +189,6 @@ class BaselineNet(nn.Module):
 
 def trainable_count(config: BaselineConfig) -> int:
     """Exact trainable parameter count of a baseline configuration (no training, no data)."""
-    from pqt.target import build_target
-
     return BaselineNet(build_target(config.target, config.activation), config.validate()).trainable_parameters()
 
 
@@ -200,9 +198,6 @@ def trainable_count(config: BaselineConfig) -> int:
 class BaselineTrainer:
     def __init__(self, config: BaselineConfig, out_dir: Path, log: Callable[[str], None] = print,
                  progress: Callable[[float], None] | None = None) -> None:
-        from pqt.data import Dataset, load_dataset
-        from pqt.target import build_target, n_parameters
-
         self.config = config.validate()
         self.out_dir = Path(out_dir)
         self.log = log
@@ -210,20 +205,8 @@ class BaselineTrainer:
         if config.threads:
             torch.set_num_threads(config.threads)
         self.device = torch.device(config.device)
-        train, test = load_dataset(config.dataset, config.data_dir)
-
-        def rows(ds: Dataset, part: slice) -> Dataset:
-            return Dataset(ds.images[part], ds.labels[part], ds.name)
-
-        train = train if config.train_limit is None else rows(train, slice(0, config.train_limit))
-        test = test if config.test_limit is None else rows(test, slice(0, config.test_limit))
-        self.validation_set: Dataset | None = None
-        if config.validation_size:  # as pqt train: the last N training images, never the test set
-            if not 0 < config.validation_size < len(train):
-                raise UserError(f"validation-size must be between 1 and {len(train) - 1} (the training images)")
-            self.validation_set = rows(train, slice(len(train) - config.validation_size, None))
-            train = rows(train, slice(0, len(train) - config.validation_size))
-        self.train_set, self.test_set = train, test
+        self.train_set, self.validation_set, self.test_set = training_splits(
+            config.dataset, config.data_dir, config.train_limit, config.test_limit, config.validation_size)
         torch.manual_seed(config.seed)  # the target's default initialisation
         target = build_target(config.target, config.activation)
         self.target_parameters = n_parameters(target)
@@ -247,16 +230,10 @@ class BaselineTrainer:
 
     # ---- one epoch ---------------------------------------------------------------------------------
     @torch.inference_mode()
-    def evaluate(self, dataset: Any, chunk: int = 2000) -> tuple[float, float]:
+    def evaluate(self, dataset: Any) -> tuple[float, float]:
         weights = self.net.materialize()
-        total_loss, correct = 0.0, 0
-        for start in range(0, len(dataset), chunk):
-            x = dataset.images[start : start + chunk].to(self.device)
-            y = dataset.labels[start : start + chunk].to(self.device)
-            logits = torch.func.functional_call(self.net.target, weights, (x,))
-            total_loss += F.cross_entropy(logits, y, reduction="sum").item()
-            correct += (logits.argmax(1) == y).sum().item()
-        return total_loss / len(dataset), correct / len(dataset)
+        return loss_and_accuracy(lambda x: torch.func.functional_call(self.net.target, weights, (x,)),
+                                 dataset.images, dataset.labels, self.device)
 
     def run_epoch(self, e: int) -> dict[str, Any]:
         c, images, labels = self.config, self.train_set.images, self.train_set.labels

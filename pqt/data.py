@@ -501,3 +501,26 @@ def load_images(path: str | os.PathLike) -> torch.Tensor:
         f"unsupported input {path}; give a .png/.jpg picture, a .npy array, an IDX images file "
         "or a quest .csv"
     )
+
+
+def training_splits(name: str, data_dir: str | os.PathLike | None, train_limit: int | None = None,
+                    test_limit: int | None = None, validation_size: int = 0,
+                    ) -> tuple[Dataset, Dataset | None, Dataset]:
+    """(train, validation, test) for a training run: optional limits, then the last
+    ``validation_size`` training images held out for tuning (never the test set)."""
+    train, test = load_dataset(name, data_dir)
+
+    def rows(ds: Dataset, part: slice) -> Dataset:
+        return Dataset(ds.images[part], ds.labels[part], ds.name)
+
+    if train_limit is not None:
+        train = rows(train, slice(0, train_limit))
+    if test_limit is not None:
+        test = rows(test, slice(0, test_limit))
+    validation = None
+    if validation_size:
+        if not 0 < validation_size < len(train):
+            raise UserError(f"validation-size must be between 1 and {len(train) - 1} (the training images)")
+        validation = rows(train, slice(len(train) - validation_size, None))
+        train = rows(train, slice(0, len(train) - validation_size))
+    return train, validation, test

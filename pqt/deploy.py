@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from pqt.errors import UserError
-from pqt.target import PaperCNN
+from pqt.target import PaperCNN, loss_and_accuracy
 
 
 def load_model(path: str | Path, activation: str | None = None) -> PaperCNN:
@@ -46,10 +45,8 @@ def evaluate_model(model_path: str | Path, dataset: str, data_dir: str | None, s
     model = load_model(model_path, activation)
     train, test = load_dataset(dataset, data_dir)
     data = test if split == "test" else train
-    logits = torch.cat([model(data.images[i : i + 2000]) for i in range(0, len(data), 2000)])
-    return {"dataset": dataset, "split": split, "images": len(data),
-            "accuracy": (logits.argmax(1) == data.labels).float().mean().item(),
-            "loss": F.cross_entropy(logits, data.labels).item()}
+    loss, accuracy = loss_and_accuracy(model, data.images, data.labels)
+    return {"dataset": dataset, "split": split, "images": len(data), "accuracy": accuracy, "loss": loss}
 
 
 @torch.inference_mode()

@@ -80,6 +80,20 @@ def functional_forward(module: nn.Module, flat: torch.Tensor, x: torch.Tensor) -
     return torch.func.functional_call(module, unflatten(module, flat), (x,))
 
 
+@torch.inference_mode()
+def loss_and_accuracy(forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, labels: torch.Tensor,
+                      device: torch.device | str = "cpu", chunk: int = 2000) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of ``forward`` (images -> logits) over a dataset, in chunks."""
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(labels), chunk):
+        x = images[start : start + chunk].to(device)
+        y = labels[start : start + chunk].to(device)
+        logits = forward(x)
+        total_loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    return total_loss / len(labels), correct / len(labels)
+
+
 def build_target(name: str = "paper-cnn", activation: str = "none") -> nn.Module:
     from pqt.errors import UserError
 

@@ -32,7 +32,7 @@ import backends
 from backends.base import Backend
 from pqt import run_files
 from pqt.config import TrainConfig
-from pqt.data import Dataset, load_dataset
+from pqt.data import Dataset, training_splits
 from pqt.errors import UserError
 from pqt.fast_forward import training_forward
 from pqt.fast_loss import FixedBatchLoss
@@ -40,7 +40,7 @@ from pqt.params import parameter_report
 from pqt.phase_optimizers import PhaseStep, check_phase_optimizer, run_cobyla, run_spsa
 from pqt.photonics import PhotonicQNN
 from pqt.quantum_train import WeightGenerator, check_outcome_capacity, combine_distributions
-from pqt.target import build_target, functional_forward, n_parameters, unflatten
+from pqt.target import build_target, functional_forward, loss_and_accuracy, n_parameters, unflatten
 from pqt.train_sources import DistributionSource
 
 # Salts that keep the per-round random streams independent of one another.
@@ -87,7 +87,8 @@ class Trainer:
         if config.threads:
             torch.set_num_threads(config.threads)
         self.device = torch.device(config.device)
-        self.train_set, self.validation_set, self.test_set = self._load_data()
+        self.train_set, self.validation_set, self.test_set = training_splits(
+            config.dataset, config.data_dir, config.train_limit, config.test_limit, config.validation_size)
         self.target = build_target(config.target, config.activation).to(self.device)
         self.n_weights = n_parameters(self.target)
         check_outcome_capacity(list(zip(config.qnn_modes, config.qnn_photons, strict=True)), self.n_weights)
@@ -118,25 +119,6 @@ class Trainer:
         self.report = parameter_report(config, self.qnns, self.target)
 
     # ---- setup -------------------------------------------------------------------------------------
-    def _load_data(self) -> tuple[Dataset, Dataset | None, Dataset]:
-        c = self.config
-        train, test = load_dataset(c.dataset, c.data_dir)
-
-        def rows(ds: Dataset, part: slice) -> Dataset:
-            return Dataset(ds.images[part], ds.labels[part], ds.name)
-
-        if c.train_limit is not None:
-            train = rows(train, slice(0, c.train_limit))
-        if c.test_limit is not None:
-            test = rows(test, slice(0, c.test_limit))
-        validation = None
-        if c.validation_size:
-            if not 0 < c.validation_size < len(train):
-                raise UserError(f"validation-size must be between 1 and {len(train) - 1} (the training images)")
-            validation = rows(train, slice(len(train) - c.validation_size, None))
-            train = rows(train, slice(0, len(train) - c.validation_size))
-        return train, validation, test
-
     @property
     def _split_sizes(self) -> list[int]:
         return [q.n_parameters for q in self.qnns]
@@ -270,17 +252,10 @@ class Trainer:
         self.state.phases = self._split(step.phases)
         return step
 
-    @torch.inference_mode()
-    def evaluate(self, weights: torch.Tensor, dataset: Dataset, chunk: int = 2000) -> tuple[float, float]:
+    def evaluate(self, weights: torch.Tensor, dataset: Dataset) -> tuple[float, float]:
         """(mean cross-entropy, accuracy) of the generated network on ``dataset``."""
-        total_loss, correct = 0.0, 0
-        for start in range(0, len(dataset), chunk):
-            x = dataset.images[start : start + chunk].to(self.device)
-            y = dataset.labels[start : start + chunk].to(self.device)
-            logits = functional_forward(self.target, weights, x)
-            total_loss += F.cross_entropy(logits, y, reduction="sum").item()
-            correct += (logits.argmax(1) == y).sum().item()
-        return total_loss / len(dataset), correct / len(dataset)
+        return loss_and_accuracy(lambda x: functional_forward(self.target, weights, x), dataset.images,
+                                 dataset.labels, self.device)
 
     def run_round(self, r: int) -> dict[str, Any]:
         c = self.config
