@@ -4,12 +4,15 @@ Each figure reads one or two files of ``--results`` and is skipped, with one lin
 file is missing, when they are not there:
 
 - ``fig3_curves_<study>.png``: test accuracy vs round per bond dimension (``<study>_curves.csv``,
-  study ``table3`` or ``table3_paper``), mean over seeds with a +-1 std band (paper Fig. 3);
+  study ``table3`` or ``table3_paper``), mean over seeds with a +-1 std band (paper Fig. 3); runs a
+  sweep has not finished are drawn as far as they got, marked "unfinished" in the legend;
 - ``fig4_accuracy_<study>.png``: test accuracy vs trainable parameters for Quantum-Train
   (``<study>_summary.csv``) and the baselines (``baselines_summary.csv``), our classical CNN as
   a horizontal line, the paper's numbers as hollow markers (paper Fig. 4 left);
 - ``fig4_generalization_<study>.png``: generalization error vs trainable parameters (Fig. 4 right);
 - ``ablation.png``: test accuracy per distribution source and bond dimension (``ablation_summary.csv``);
+- ``ablation_paper_curves.png``: test accuracy vs round per distribution source under the paper's
+  full protocol (``ablation_paper_curves.csv``);
 - ``shots.png``: test accuracy vs shots per circuit evaluation, exact as a line (``shots_summary.csv``);
 - ``noise.png``: test accuracy and post-selection rate vs indistinguishability and transmittance
   (``noise_summary.csv``);
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import re
 import textwrap
 from collections import defaultdict
 from collections.abc import Callable
@@ -74,6 +78,11 @@ def _sort_key(text: str) -> tuple[int, float, str]:
     return (0, value, "") if not math.isnan(value) else (1, 0.0, text)
 
 
+def _natural_key(text: str) -> list[tuple[int, float, str]]:
+    """Sort "bond_dim=4" before "bond_dim=10": numbers inside the text compare as numbers."""
+    return [(0, float(part), "") if part.isdigit() else (1, 0.0, part) for part in re.split(r"(\d+)", text)]
+
+
 class _Figures:
     def __init__(self, results: Path, out: Path, log: Callable[[str], None]) -> None:
         import matplotlib
@@ -110,24 +119,32 @@ class _Figures:
         return rows[0].get("protocol", "") if rows else ""
 
     # ---- Fig. 3: training curves ------------------------------------------------------------------
-    def curves(self, study: str) -> None:
-        tables = self.need(f"fig3_curves_{study}.png", f"{study}_curves.csv")
+    def curves(self, study: str, figure: str | None = None) -> None:
+        figure = figure or f"fig3_curves_{study}.png"
+        tables = self.need(figure, f"{study}_curves.csv")
         if tables is None:
             return
-        rows = [r for r in tables[0] if r.get("status") == "finished"]
+        rows = [r for r in tables[0] if r.get("round")]
         if not rows:
-            self.log(f"skipped fig3_curves_{study}.png: no finished run in {study}_curves.csv")
+            self.log(f"skipped {figure}: no round in {study}_curves.csv")
             return
+        # One line per group (a bond dimension, or e.g. a distribution source); runs a sweep has not
+        # finished yet are drawn as far as they got and marked as such in the legend.
         by_group: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+        unfinished: set[str] = set()
         for r in rows:
-            by_group[r.get("bond_dim") or r["group"]][int(_num(r["round"]))].append(100 * _num(r["test_accuracy"]))
+            by_group[r["group"]][int(_num(r["round"]))].append(100 * _num(r["test_accuracy"]))
+            if r.get("status") != "finished":
+                unfinished.add(r["group"])
         fig, ax = self.plt.subplots(figsize=(7, 4.5))
-        for group in sorted(by_group, key=_sort_key):
+        for group in sorted(by_group, key=_natural_key):
             rounds = sorted(by_group[group])
             stats = [_mean_std(by_group[group][k]) for k in rounds]
             mean = [s[0] for s in stats]
             std = [s[1] for s in stats]
-            label = f"χ={group}" if "bond_dim" in rows[0] else group
+            label = group.replace("bond_dim=", "χ=").replace("distribution_source=", "")
+            if group in unfinished:
+                label += f" (unfinished, {rounds[-1]} rounds)"
             (line,) = ax.plot(rounds, mean, label=label, lw=1.4)
             ax.fill_between(rounds, [m - s for m, s in zip(mean, std, strict=True)],
                             [m + s for m, s in zip(mean, std, strict=True)], color=line.get_color(), alpha=0.15)
@@ -139,7 +156,7 @@ class _Figures:
         ax.set_title(_wrap(f"Training curves ({study}, {self.protocol(rows)}); mean ± std over seeds"), fontsize=9)
         ax.legend(fontsize=8, ncol=2)
         ax.grid(alpha=0.3)
-        self.save(fig, f"fig3_curves_{study}.png")
+        self.save(fig, figure)
 
     # ---- Fig. 4: accuracy and generalization vs parameters ----------------------------------------
     def _baseline_series(self) -> dict[str, list[dict[str, str]]]:
@@ -327,6 +344,7 @@ def make_figures(results: str | Path = "experiments/results", out: str | Path = 
         figs.parameters(study, "test_accuracy", f"fig4_accuracy_{study}.png")
         figs.parameters(study, "generalization_error", f"fig4_generalization_{study}.png")
     figs.ablation()
+    figs.curves("ablation_paper", "ablation_paper_curves.png")
     figs.shots()
     figs.noise()
     figs.optimizers()

@@ -304,14 +304,28 @@ def test_figures_from_result_files_and_skips(tmp_path: Path) -> None:
                                             "round": r, "test_accuracy": 0.1 * r, "wall_seconds": 2.0 * r,
                                             "objective_evaluations": 0 if o == "exact-gradient" else 5 * r}
                                            for o in ("cobyla", "exact-gradient") for r in (1, 2)])
+    # A full-protocol ablation caught mid-sweep: one run finished, one stopped after 2 of 3 rounds.
+    _write(res / "ablation_paper_curves.csv", [
+        {**p, "group": f"distribution_source={d},bond_dim=4", "distribution_source": d, "bond_dim": 4, "seed": 0,
+         "status": status, "round": r, "test_accuracy": 0.5 + 0.1 * r}
+        for d, status, last in (("photonic", "finished", 3), ("constant", "interrupted", 2))
+        for r in range(1, last + 1)])
     lines: list[str] = []
     written = make_figures(res, tmp_path / "figs", log=lines.append)
     assert sorted(p.name for p in written) == sorted([
         "fig3_curves_table3.png", "fig4_accuracy_table3.png", "fig4_generalization_table3.png", "ablation.png",
-        "shots.png", "noise.png", "optimizers.png"])
+        "ablation_paper_curves.png", "shots.png", "noise.png", "optimizers.png"])
     assert all(p.stat().st_size > 1000 for p in written)
     skipped = [line for line in lines if line.startswith("skipped")]
     assert len(skipped) == 3 and all("table3_paper" in line and "not found" in line for line in skipped)
+
+
+def test_figure_groups_sort_numbers_as_numbers() -> None:
+    from pqt.figures import _natural_key
+
+    groups = ["bond_dim=10", "bond_dim=2", "bond_dim=1", "distribution_source=constant,bond_dim=4"]
+    assert sorted(groups, key=_natural_key) == ["bond_dim=1", "bond_dim=2", "bond_dim=10",
+                                                "distribution_source=constant,bond_dim=4"]
 
 
 @pytest.mark.slow
