@@ -131,11 +131,12 @@ class _Figures:
         # One line per group (a bond dimension, or e.g. a distribution source); runs a sweep has not
         # finished yet are drawn as far as they got and marked as such in the legend.
         by_group: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-        unfinished: set[str] = set()
+        unfinished: dict[str, int] = {}  # group -> last round reached by its unfinished runs
         for r in rows:
-            by_group[r["group"]][int(_num(r["round"]))].append(100 * _num(r["test_accuracy"]))
+            round_ = int(_num(r["round"]))
+            by_group[r["group"]][round_].append(100 * _num(r["test_accuracy"]))
             if r.get("status") != "finished":
-                unfinished.add(r["group"])
+                unfinished[r["group"]] = max(round_, unfinished.get(r["group"], 0))
         fig, ax = self.plt.subplots(figsize=(7, 4.5))
         for group in sorted(by_group, key=_natural_key):
             rounds = sorted(by_group[group])
@@ -144,7 +145,7 @@ class _Figures:
             std = [s[1] for s in stats]
             label = group.replace("bond_dim=", "χ=").replace("distribution_source=", "")
             if group in unfinished:
-                label += f" (unfinished, {rounds[-1]} rounds)"
+                label += f" (unfinished, {unfinished[group]} rounds)"
             (line,) = ax.plot(rounds, mean, label=label, lw=1.4)
             ax.fill_between(rounds, [m - s for m, s in zip(mean, std, strict=True)],
                             [m + s for m, s in zip(mean, std, strict=True)], color=line.get_color(), alpha=0.15)
