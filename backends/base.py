@@ -20,7 +20,7 @@ import numpy as np
 from pqt.errors import UserError
 
 if TYPE_CHECKING:
-    from pqt.photonics import PhotonicQNN
+    from pqt.circuits.photonic import PhotonicQNN
 
 
 @dataclass

@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from backends.base import Backend, Evaluation
-from pqt.photonics import sample_frequencies
+from pqt.circuits.photonic import sample_frequencies
 
 if TYPE_CHECKING:
-    from pqt.photonics import PhotonicQNN
+    from pqt.circuits.photonic import PhotonicQNN
 
 
 class SLOSBackend(Backend):
-    """Perceval-circuit simulation on this machine (see ``pqt.photonics`` for the method).
+    """Perceval-circuit simulation on this machine (see ``pqt.circuits.photonic`` for the method).
 
     With ``shots=S`` each evaluation returns the frequencies of S detection events drawn
     multinomially from the exact collision-free distribution (ideal detectors: every event has

@@ -61,7 +61,7 @@ from backends.base import Backend, Evaluation, Option
 from pqt.errors import UserError
 
 if TYPE_CHECKING:
-    from pqt.photonics import PhotonicQNN
+    from pqt.circuits.photonic import PhotonicQNN
 
 # Perceval's defaults, which mean "no noise": no flag given = an ideal simulation.
 _PERFECT = pcvl.NoiseModel()

@@ -46,7 +46,7 @@ from backends.base import Backend, BackendFailure, Evaluation, Option
 from pqt.errors import UserError
 
 if TYPE_CHECKING:
-    from pqt.photonics import PhotonicQNN
+    from pqt.circuits.photonic import PhotonicQNN
 
 TOKEN_ENV = "PCVL_CLOUD_TOKEN"
 URL_ENV = "PCVL_CLOUD_URL"

@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str) -> Any:
     # Lazy: deployment commands (pqt evaluate / predict) must run without importing perceval.
     if name == "PhotonicQNN":
-        from pqt.photonics import PhotonicQNN
+        from pqt.circuits.photonic import PhotonicQNN
 
         return PhotonicQNN
     raise AttributeError(f"module 'pqt' has no attribute {name!r}")

@@ -48,10 +48,10 @@ def _bench_images() -> tuple[torch.Tensor, torch.Tensor, str]:
 
 def run_bench(as_json: bool = False, repeats: int = 15) -> dict[str, Any]:
     from backends.local import SLOSBackend
-    from pqt.fast_loss import FixedBatchLoss, plain_loss
-    from pqt.photonics import PhotonicQNN, perceval_distribution, sample_frequencies
-    from pqt.quantum_train import WeightGenerator, combine_distributions
-    from pqt.target import PaperCNN, functional_forward, n_parameters
+    from pqt.circuits.photonic import PhotonicQNN, perceval_distribution, sample_frequencies
+    from pqt.distributions.combine import WeightGenerator, combine_distributions
+    from pqt.targets.fast_loss import FixedBatchLoss, plain_loss
+    from pqt.targets.networks import PaperCNN, functional_forward, n_parameters
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from pqt.errors import UserError
-from pqt.target import PaperCNN, loss_and_accuracy
+from pqt.targets.networks import PaperCNN, loss_and_accuracy
 
 
 def load_model(path: str | Path, activation: str | None = None) -> PaperCNN:

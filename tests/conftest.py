@@ -2,7 +2,7 @@
 
 The trained runs are session-scoped (each costs a few seconds) and must be treated as read-only by
 the tests that use them; a test that needs to change a run copies it into its own ``tmp_path``.
-``pqt.train`` and ``pqt.cli`` are imported inside the fixtures only, so that the photonics, MPS and
+``pqt.training.trainer`` and ``pqt.cli`` are imported inside the fixtures only, so that the photonics, MPS and
 generator tests still run (and report) if the training layer cannot be imported.
 """
 
@@ -102,7 +102,7 @@ def tiny_flags() -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_config() -> Callable[..., Any]:
     """Factory: ``tiny_config(rounds=1, ...)`` -> a TrainConfig with the tiny settings + overrides."""
-    from pqt.config import TrainConfig
+    from pqt.training.config import TrainConfig
 
     def make(**overrides: Any) -> TrainConfig:
         return TrainConfig(**{**TINY, **overrides})
@@ -113,7 +113,7 @@ def tiny_config() -> Callable[..., Any]:
 @pytest.fixture(scope="session")
 def make_trainer() -> Callable[..., Any]:
     """Factory: ``make_trainer(config, out_dir)`` -> a silent Trainer."""
-    from pqt.train import Trainer
+    from pqt.training.trainer import Trainer
 
     def make(config: Any, out_dir: Path) -> Any:
         return Trainer(config, Path(out_dir), log=_quiet)

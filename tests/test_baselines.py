@@ -1,4 +1,4 @@
-"""pqt.baselines: exact parameter counts, the weight-sharing and pruning structures, the run contract."""
+"""pqt.studies.baselines: exact parameter counts, the weight-sharing and pruning structures, the run contract."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pqt import run_files
-from pqt.baselines import BaselineConfig, BaselineNet, run_baseline, trainable_count
 from pqt.errors import UserError
-from pqt.target import PaperCNN
+from pqt.studies.baselines import BaselineConfig, BaselineNet, run_baseline, trainable_count
+from pqt.targets.networks import PaperCNN
+from pqt.training import run_files
 
 TINY = {"train_limit": 200, "test_limit": 100, "epochs": 1}
 # (rows, row length) of the paper CNN's weight matrices; biases: 8 + 12 + 20 + 10 = 50.
@@ -135,7 +135,7 @@ def test_pruned_weights_stay_zero_and_training_resumes_per_epoch(tmp_path: Path)
 
 
 def test_baseline_study_runs_through_the_sweep(tmp_path: Path) -> None:
-    from pqt.sweep import load_study, run_sweep
+    from pqt.studies.sweep import load_study, run_sweep
 
     path = tmp_path / "b.toml"
     path.write_text("""

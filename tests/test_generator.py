@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from pqt.config import TrainConfig
+from pqt.circuits.photonic import PhotonicQNN
+from pqt.distributions.combine import check_outcome_capacity, combine_distributions
 from pqt.errors import UserError
-from pqt.params import parameter_report
-from pqt.photonics import PhotonicQNN
-from pqt.quantum_train import check_outcome_capacity, combine_distributions
-from pqt.target import PaperCNN, functional_forward, n_parameters, unflatten
+from pqt.targets.networks import PaperCNN, functional_forward, n_parameters, unflatten
+from pqt.training.accounting import parameter_report
+from pqt.training.config import TrainConfig
 
 PAPER_COUNTS = [223, 316, 471, 688, 967, 1308, 1711, 2176, 2703, 3292]
 
@@ -157,7 +157,7 @@ def test_parameter_report(paper_qnns, chi: int) -> None:
 
 def test_parameter_report_matches_the_built_models(paper_qnns) -> None:
     """The reported MPS count is the size of the generator actually built for the target."""
-    from pqt.quantum_train import WeightGenerator
+    from pqt.distributions.combine import WeightGenerator
 
     for chi in (1, 4):
         gen = WeightGenerator(6690, chi)

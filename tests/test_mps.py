@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from pqt.distributions.combine import WeightGenerator
 from pqt.errors import UserError
-from pqt.mps import MPSMapper, index_bits, mps_parameter_count
-from pqt.quantum_train import WeightGenerator
+from pqt.mappers.mps import MPSMapper, index_bits, mps_parameter_count
 
 
 def count(module: torch.nn.Module) -> int:

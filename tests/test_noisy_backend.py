@@ -18,8 +18,8 @@ from perceval.runtime import SimulatedComputer
 
 from backends import create_backend
 from backends.noisy import NoisyBackend
+from pqt.circuits.photonic import PhotonicQNN
 from pqt.errors import UserError
-from pqt.photonics import PhotonicQNN
 
 # --------------------------------------------------------------------------- helpers
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
+from pqt.circuits.photonic import PhotonicQNN, perceval_distribution
 from pqt.errors import UserError
-from pqt.photonics import PhotonicQNN, perceval_distribution
 
 PAPER_SHAPES = [(9, 4), (8, 4)]
 

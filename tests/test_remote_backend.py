@@ -27,8 +27,8 @@ from backends.base import BackendFailure, BudgetExhausted
 from backends.fake_cloud import FakeCloud
 from backends.local import SLOSBackend
 from backends.remote import JOURNAL_NAME, RemoteBackend
+from pqt.circuits.photonic import PhotonicQNN
 from pqt.errors import UserError
-from pqt.photonics import PhotonicQNN
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = f"pqt-test-token-{uuid.uuid4().hex}"
@@ -215,7 +215,7 @@ def test_kill_while_waiting_then_resume_creates_no_job(cloud, tmp_path):
     script = textwrap.dedent(f"""
         import numpy as np
         from backends.remote import RemoteBackend
-        from pqt.photonics import PhotonicQNN
+        from pqt.circuits.photonic import PhotonicQNN
         q1, q2 = PhotonicQNN(4, 2), PhotonicQNN(5, 2)
         b = RemoteBackend(shots=2000, run_dir={str(tmp_path)!r}, cloud_url={cloud.url!r}, poll_interval=0.01)
         b.evaluate([q1, q2], [np.array({P1.tolist()!r}), np.array({P2.tolist()!r})], tag="r5/cobyla/2")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pqt.sweep import config_class, load_study
+from pqt.studies.sweep import config_class, load_study
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 STUDY_FILES = sorted(EXPERIMENTS.glob("*.toml"))

@@ -1,4 +1,4 @@
-"""pqt.sweep (study files, run directories, skip/resume/failure, aggregation) and pqt.figures.
+"""pqt.studies.sweep (study files, run directories, skip/resume/failure, aggregation) and pqt.studies.figures.
 
 Real tiny runs on the shared partial-MNIST data: 200 training and 100 test images, one round, one
 Adam epoch, 5 COBYLA evaluations on 50 images, bond dimension 1-2 (about a second each).
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pqt import run_files
 from pqt.errors import UserError
-from pqt.sweep import aggregate, describe_plan, format_value, load_study, run_name, run_sweep
+from pqt.studies.sweep import aggregate, describe_plan, format_value, load_study, run_name, run_sweep
+from pqt.training import run_files
 
 TINY_BASE = """
 [base]
@@ -171,8 +171,8 @@ def test_sweep_writes_tables_then_skips_finished_runs(tmp_path: Path) -> None:
 
 
 def test_interrupted_run_is_resumed_not_restarted(tmp_path: Path) -> None:
-    from pqt.config import TrainConfig
-    from pqt.train import Trainer
+    from pqt.training.config import TrainConfig
+    from pqt.training.trainer import Trainer
 
     path = write_study(tmp_path, "[grid]\nbond_dim = [2]\nseed = [0]\n", base=TINY_BASE.replace("rounds = 1",
                                                                                                 "rounds = 2"))
@@ -218,7 +218,7 @@ def test_run_locked_by_a_live_process_is_left_alone_and_a_stale_lock_is_taken_ov
     import os
     import subprocess
 
-    from pqt.sweep import LOCK_FILE, execute_run
+    from pqt.studies.sweep import LOCK_FILE, execute_run
 
     config = {"method": "classical", "epochs": 1, "train_limit": 200, "test_limit": 100}
     run_dir = tmp_path / "run"
@@ -247,9 +247,9 @@ def test_aggregate_only_reports_unstarted_runs(tmp_path: Path) -> None:
 
 
 def test_parsers_register_subcommands(tmp_path: Path) -> None:
-    from pqt.baselines import add_baseline_parser
-    from pqt.figures import add_figures_parser
-    from pqt.sweep import add_sweep_parser
+    from pqt.studies.baselines import add_baseline_parser
+    from pqt.studies.figures import add_figures_parser
+    from pqt.studies.sweep import add_sweep_parser
 
     parser = argparse.ArgumentParser(prog="pqt")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -272,7 +272,7 @@ def _write(path: Path, rows: list[dict]) -> None:
 
 
 def test_figures_from_result_files_and_skips(tmp_path: Path) -> None:
-    from pqt.figures import make_figures
+    from pqt.studies.figures import make_figures
 
     res = tmp_path / "results"
     res.mkdir()
@@ -321,7 +321,7 @@ def test_figures_from_result_files_and_skips(tmp_path: Path) -> None:
 
 
 def test_figure_groups_sort_numbers_as_numbers() -> None:
-    from pqt.figures import _natural_key
+    from pqt.studies.figures import _natural_key
 
     groups = ["bond_dim=10", "bond_dim=2", "bond_dim=1", "distribution_source=constant,bond_dim=4"]
     assert sorted(groups, key=_natural_key) == ["bond_dim=1", "bond_dim=2", "bond_dim=10",

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pqt.config import TrainConfig
 from pqt.data import load_dataset
 from pqt.errors import UserError
-from pqt.target import PaperCNN
+from pqt.targets.networks import PaperCNN
+from pqt.training.config import TrainConfig
 
 METRIC_KEYS = {
     "test_accuracy", "train_accuracy", "test_loss", "train_loss", "generalization_error", "bond_dim",
@@ -90,7 +90,7 @@ def test_model_pt_is_a_plain_cnn_that_reproduces_the_metrics(runs, two_round_run
 
 def test_model_pt_is_what_the_checkpoint_generates(runs, two_round_run) -> None:
     """model.pt = MPS(checkpointed state) applied to the checkpointed distributions (independent rebuild)."""
-    from pqt.quantum_train import WeightGenerator, combine_distributions
+    from pqt.distributions.combine import WeightGenerator, combine_distributions
 
     run = two_round_run["dir"]
     ck = runs.load_checkpoint(run)
@@ -135,7 +135,7 @@ def test_resume_after_clean_stop_equals_uninterrupted_run(runs, two_round_run, o
 
 def test_resume_after_kill_mid_round_equals_uninterrupted_run(runs, two_round_run, tiny_config, make_trainer,
                                                                tmp_path, monkeypatch) -> None:
-    from pqt.train import Trainer
+    from pqt.training.trainer import Trainer
 
     run = tmp_path / "killed"
     original = Trainer._phase_stage
@@ -178,7 +178,7 @@ def test_resume_equivalence_other_phase_optimizers(runs, tiny_config, make_train
 
 def test_nan_loss_stops_with_user_error_and_keeps_last_checkpoint(runs, one_round_run, tiny_config, make_trainer,
                                                                    tmp_path, monkeypatch) -> None:
-    from pqt.train import TrainingDiverged
+    from pqt.training.trainer import TrainingDiverged
 
     run = tmp_path / "nan"
     shutil.copytree(one_round_run, run)
@@ -207,8 +207,8 @@ def test_nan_loss_stops_with_user_error_and_keeps_last_checkpoint(runs, one_roun
 
 def test_nan_in_phase_objective_stops(runs, one_round_run, tiny_config, make_trainer, tmp_path, monkeypatch) -> None:
     """A NaN that only appears in the phase optimizer's objective also stops the run cleanly."""
-    import pqt.train as train_mod
-    from pqt.train import TrainingDiverged
+    import pqt.training.trainer as train_mod
+    from pqt.training.trainer import TrainingDiverged
 
     run = tmp_path / "nan_phase"
     shutil.copytree(one_round_run, run)
@@ -273,7 +273,7 @@ def test_bad_configurations_are_user_errors(tiny_config, make_trainer, tmp_path,
 
 
 def test_plan_run_for_the_paper_defaults() -> None:
-    from pqt.train import plan_run
+    from pqt.training.trainer import plan_run
 
     config = TrainConfig()
     assert (config.rounds, config.cobyla_maxiter, len(config.qnn_modes), config.shots) == (200, 1000, 2, 10_000)
@@ -290,7 +290,7 @@ def test_plan_run_for_the_paper_defaults() -> None:
 
 
 def test_plan_run_other_optimizers() -> None:
-    from pqt.train import plan_run
+    from pqt.training.trainer import plan_run
 
     spsa = plan_run(TrainConfig(phase_optimizer="spsa", spsa_iterations=50, rounds=3, shots=100))
     assert spsa["circuit_evaluations_per_round"] == 2 * (2 * 50 + 1)
@@ -300,7 +300,7 @@ def test_plan_run_other_optimizers() -> None:
 
 
 def test_plan_matches_a_real_run(runs, two_round_run, tiny_config) -> None:
-    from pqt.train import plan_run
+    from pqt.training.trainer import plan_run
 
     plan = plan_run(tiny_config(rounds=2))
     m = runs.read_metrics(two_round_run["dir"])

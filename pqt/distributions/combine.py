@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from pqt.errors import UserError
-from pqt.mps import MPSMapper, index_bits
+from pqt.mappers.mps import MPSMapper, index_bits
 
 SCALINGS = ("mean", "none")
 

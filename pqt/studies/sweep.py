@@ -54,8 +54,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pqt import run_files
 from pqt.errors import UserError
+from pqt.training import run_files
 
 KINDS = ("qt", "baseline")
 DEFAULT_METRICS = ("test_accuracy", "train_accuracy", "generalization_error", "trainable_parameters",
@@ -116,11 +116,11 @@ class Study:
 
 def config_class(kind: str) -> Any:
     if kind == "qt":
-        from pqt.config import TrainConfig
+        from pqt.training.config import TrainConfig
 
         return TrainConfig
     if kind == "baseline":
-        from pqt.baselines import BaselineConfig
+        from pqt.studies.baselines import BaselineConfig
 
         return BaselineConfig
     raise UserError(f"unknown study kind {kind!r}: choose one of {', '.join(KINDS)}")
@@ -371,9 +371,9 @@ def read_error(run_dir: Path) -> str | None:
 
 
 def _run_qt(config: dict[str, Any], run_dir: Path, resume: bool, progress: Callable[[float], None]) -> None:
-    from pqt.config import TrainConfig
-    from pqt.photonics import restore_sigint
-    from pqt.train import Trainer
+    from pqt.circuits.photonic import restore_sigint
+    from pqt.training.config import TrainConfig
+    from pqt.training.trainer import Trainer
 
     cfg = TrainConfig.from_dict(config).validate()
     holder: list[Any] = []
@@ -396,7 +396,7 @@ def _run_qt(config: dict[str, Any], run_dir: Path, resume: bool, progress: Calla
 
 
 def _run_baseline(config: dict[str, Any], run_dir: Path, progress: Callable[[float], None]) -> None:
-    from pqt.baselines import BaselineConfig, run_baseline
+    from pqt.studies.baselines import BaselineConfig, run_baseline
 
     run_baseline(BaselineConfig.from_dict(config), run_dir,
                  log=lambda line: run_files.append_log(run_dir / run_files.LOG, line), progress=progress)
@@ -860,7 +860,7 @@ def describe_plan(study: Study, out: str | Path = DEFAULT_OUT) -> list[str]:
             state, detail = "invalid", str(e)
         counts[state] += 1
         if state in ("new", "resume") and study.kind == "qt":
-            from pqt.train import plan_run
+            from pqt.training.trainer import plan_run
 
             plan = plan_run(config)
             remaining = 1.0

@@ -12,13 +12,13 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from pqt.mps import mps_parameter_count
+from pqt.mappers.mps import mps_parameter_count
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from pqt.config import TrainConfig
-    from pqt.photonics import PhotonicQNN
+    from pqt.circuits.photonic import PhotonicQNN
+    from pqt.training.config import TrainConfig
 
 
 def paper_phase_count(modes: Sequence[int]) -> int:
@@ -26,7 +26,7 @@ def paper_phase_count(modes: Sequence[int]) -> int:
 
 
 def parameter_report(config: TrainConfig, qnns: Sequence[PhotonicQNN], target: nn.Module) -> dict[str, Any]:
-    from pqt.target import n_parameters
+    from pqt.targets.networks import n_parameters
 
     target_parameters = n_parameters(target)
     n_features = max(1, math.ceil(math.log2(target_parameters))) + 1

@@ -31,7 +31,7 @@ class TrainConfig:
     bond_dim: int = 4
     mps_init_std: float = 1e-9
     scaling: str = "mean"
-    # ablation: where the MPS's probability values come from (see pqt.train.DISTRIBUTION_SOURCES)
+    # ablation: where the MPS's probability values come from (see pqt.training.trainer.DISTRIBUTION_SOURCES)
     distribution_source: str = "photonic"
     target: str = "paper-cnn"
     activation: str = "none"
@@ -76,7 +76,7 @@ class TrainConfig:
         for name in ("rounds", "batch_size", "phase_batch", "cobyla_maxiter", "spsa_iterations"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
-        from pqt.train_sources import DISTRIBUTION_SOURCES
+        from pqt.distributions.sources import DISTRIBUTION_SOURCES
 
         if self.distribution_source not in DISTRIBUTION_SOURCES:
             raise UserError(f"unknown distribution source {self.distribution_source!r}: choose one of "

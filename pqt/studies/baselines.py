@@ -37,11 +37,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pqt import run_files
-from pqt.config import check_known_keys
 from pqt.data import training_splits
 from pqt.errors import UserError
-from pqt.target import activation_fn, build_target, loss_and_accuracy, n_parameters
+from pqt.targets.networks import activation_fn, build_target, loss_and_accuracy, n_parameters
+from pqt.training import run_files
+from pqt.training.config import check_known_keys
 
 METHODS = ("classical", "weight-sharing", "pruning")
 _SHUFFLE_SALT, _MASK_SALT = 11, 12
@@ -322,7 +322,7 @@ def run_baseline(config: BaselineConfig, out_dir: str | Path, *, log: Callable[[
 
     A directory holding a run of different settings is refused (only ``epochs`` may grow).
     """
-    from pqt.sweep import inspect_run
+    from pqt.studies.sweep import inspect_run
 
     out = Path(out_dir)
     config.validate()
@@ -369,7 +369,7 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
 
 
 def _cmd_baseline(args: argparse.Namespace) -> int:
-    from pqt.config import load_config_file
+    from pqt.training.config import load_config_file
 
     data: dict[str, Any] = load_config_file(args.config) if args.config else {}
     for _, key, _, _ in _FLAGS:
@@ -384,7 +384,7 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     if args.count_only:
         print(trainable_count(config))
         return 0
-    from pqt.sweep import inspect_run
+    from pqt.studies.sweep import inspect_run
 
     if inspect_run(out, "baseline", config.to_dict())[0] == "finished":
         print(f"{out} already holds this finished run; nothing to do")

@@ -3,7 +3,7 @@
 COBYLA calls its objective ~1,000 times on the *same* batch of images with new generated weights each
 time. The plain path (``functional_forward`` + ``F.cross_entropy``) spends most of its time in conv1
 (a 1-input-channel convolution oneDNN handles badly) and in ``max_pool2d`` over the 24x24 maps. For
-:class:`~pqt.target.PaperCNN` :class:`FixedBatchLoss` instead:
+:class:`~pqt.targets.networks.PaperCNN` :class:`FixedBatchLoss` instead:
 
 * precomputes, once per batch, the 6x6 input window under every 2x2 pooling window of conv1
   (stride 2; a (36, B*144) matrix, ~21 MB for B=1,000). The four conv1 outputs a pool window takes
@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pqt.target import ACTIVATIONS, PaperCNN, functional_forward, unflatten
+from pqt.targets.networks import ACTIVATIONS, PaperCNN, functional_forward, unflatten
 
 # Parameter shapes the specialised path is written for (PaperCNN, in named_parameters order).
 _PAPER_SHAPES: dict[str, tuple[int, ...]] = {

@@ -2,10 +2,10 @@
 
 Every Adam step runs the target CNN with freshly generated weights on a batch and back-propagates to those
 weights. :func:`training_forward` gives the same logits and the same gradients w.r.t. the flat weight vector
-as :func:`~pqt.target.functional_forward` (float32 rounding aside), but for :class:`~pqt.target.PaperCNN`
+as :func:`functional_forward` (float32 rounding aside), but for :class:`PaperCNN`
 (the exact class, any activation, float32 CPU tensors) it replaces the F.conv2d / F.max_pool2d pipeline --
 whose cost is oneDNN's conv backward, its poor handling of the 1-channel conv1 and max_pool2d on the 24x24
-maps -- by plain GEMMs over "pooling-phase" windows, in the spirit of :mod:`pqt.fast_loss`:
+maps -- by plain GEMMs over "pooling-phase" windows, in the spirit of :mod:`pqt.targets.fast_loss`:
 
 * conv1 + pool1. The four conv1 outputs a 2x2 pooling window takes the max of are the four 5x5
   sub-windows of one 6x6 image window (stride 2). With the (36, 144*B) matrix of those windows (one
@@ -28,7 +28,7 @@ maps -- by plain GEMMs over "pooling-phase" windows, in the spirit of :mod:`pqt.
   (exactly as it may between float32 and float64, or two BLAS builds); for B=128 roughly one batch in 50
   has such a window. Exact ties between identical windows give the same gradient whichever is chosen.
 * Biases: without activation (the paper's network) conv1's and conv2's biases commute with both max-pools
-  and conv2, so they fold into fc1's bias, exactly as in :mod:`pqt.fast_loss`; with an activation they are
+  and conv2, so they fold into fc1's bias, exactly as in :mod:`pqt.targets.fast_loss`; with an activation they are
   added where the model adds them (before the activation): exact for every activation.
 * The whole network is ONE autograd node with a hand-written backward (activations differentiated by the
   aten kernels autograd itself uses): ~30 fewer graph nodes (unflatten's slices, views, fc layers, bias
@@ -63,8 +63,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from pqt.fast_loss import _is_paper_cnn
-from pqt.target import ACTIVATIONS, functional_forward
+from pqt.targets.fast_loss import _is_paper_cnn
+from pqt.targets.networks import ACTIVATIONS, functional_forward
 
 # Pool-phase p = 2*di + dj is the (di, dj) element of a 2x2 pooling window, in max_pool2d's scan order.
 _PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))

@@ -2,7 +2,7 @@
 
 Each takes an objective f(theta) -> float over the concatenated phases of all QNNs and returns
 the new phases. ``exact-gradient`` is not here: it trains the phases together with the MPS by
-backpropagation (see ``pqt.train``).
+backpropagation (see ``pqt.training.trainer``).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import numpy as np
 from scipy.optimize import minimize
 from threadpoolctl import threadpool_limits
 
-from pqt.config import TrainConfig
 from pqt.errors import UserError
+from pqt.training.config import TrainConfig
 
 PHASE_OPTIMIZERS = ("cobyla", "spsa", "exact-gradient")
 

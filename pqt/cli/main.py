@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from pqt.config import TrainConfig, load_config_file
 from pqt.errors import UserError
+from pqt.training.config import TrainConfig, load_config_file
 
 
 class _Parser(argparse.ArgumentParser):
@@ -108,9 +108,9 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from pqt import run_files
-    from pqt.photonics import restore_sigint
-    from pqt.train import Trainer, plan_run
+    from pqt.circuits.photonic import restore_sigint
+    from pqt.training import run_files
+    from pqt.training.trainer import Trainer, plan_run
 
     if args.resume:
         out = Path(args.resume)
@@ -159,7 +159,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _recorded_config(out: Path) -> dict[str, Any]:
     """The config a run recorded: config.json, else the copy inside its checkpoint."""
-    from pqt import run_files
+    from pqt.training import run_files
 
     path = out / run_files.CONFIG
     try:
@@ -172,7 +172,7 @@ def _recorded_config(out: Path) -> dict[str, Any]:
 
 
 def _log(out: Path, line: str) -> None:
-    from pqt import run_files
+    from pqt.training import run_files
 
     print(line, flush=True)
     if out.is_dir():
@@ -191,17 +191,17 @@ def _print_plan(plan: dict[str, Any]) -> None:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from pqt.train import plan_run
+    from pqt.training.trainer import plan_run
 
     _print_plan(plan_run(_config_from_args(args)))
     return 0
 
 
 def _cmd_params(args: argparse.Namespace) -> int:
-    from pqt.params import parameter_report
-    from pqt.photonics import PhotonicQNN
-    from pqt.quantum_train import check_outcome_capacity
-    from pqt.target import build_target, n_parameters
+    from pqt.circuits.photonic import PhotonicQNN
+    from pqt.distributions.combine import check_outcome_capacity
+    from pqt.targets.networks import build_target, n_parameters
+    from pqt.training.accounting import parameter_report
 
     base = _config_from_args(args)
     target = build_target(base.target, base.activation)
@@ -302,9 +302,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=15, help="timed repeats per measurement (median reported)")
     p.set_defaults(func=_cmd_bench)
 
-    from pqt.baselines import add_baseline_parser
-    from pqt.figures import add_figures_parser
-    from pqt.sweep import add_sweep_parser
+    from pqt.studies.baselines import add_baseline_parser
+    from pqt.studies.figures import add_figures_parser
+    from pqt.studies.sweep import add_sweep_parser
 
     add_sweep_parser(sub)
     add_baseline_parser(sub)

@@ -30,18 +30,18 @@ from tqdm import tqdm
 
 import backends
 from backends.base import Backend
-from pqt import run_files
-from pqt.config import TrainConfig
+from pqt.circuits.photonic import PhotonicQNN
 from pqt.data import Dataset, training_splits
+from pqt.distributions.combine import WeightGenerator, check_outcome_capacity, combine_distributions
+from pqt.distributions.sources import DistributionSource
 from pqt.errors import UserError
-from pqt.fast_forward import training_forward
-from pqt.fast_loss import FixedBatchLoss
-from pqt.params import parameter_report
-from pqt.phase_optimizers import PhaseStep, check_phase_optimizer, run_cobyla, run_spsa
-from pqt.photonics import PhotonicQNN
-from pqt.quantum_train import WeightGenerator, check_outcome_capacity, combine_distributions
-from pqt.target import build_target, functional_forward, loss_and_accuracy, n_parameters, unflatten
-from pqt.train_sources import DistributionSource
+from pqt.targets.fast_forward import training_forward
+from pqt.targets.fast_loss import FixedBatchLoss
+from pqt.targets.networks import build_target, functional_forward, loss_and_accuracy, n_parameters, unflatten
+from pqt.training import run_files
+from pqt.training.accounting import parameter_report
+from pqt.training.config import TrainConfig
+from pqt.training.phase_optimizers import PhaseStep, check_phase_optimizer, run_cobyla, run_spsa
 
 # Salts that keep the per-round random streams independent of one another.
 _SHUFFLE, _PHASE_BATCH, _SPSA = 1, 2, 3

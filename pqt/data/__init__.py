@@ -1,0 +1,18 @@
+"""Datasets: MNIST, Fashion-MNIST, CIFAR-10, the Perceval Quest CSVs, the offline partial-MNIST
+protocol, and the image files ``pqt predict`` reads."""
+
+from pqt.data.datasets import (
+    DATASETS,
+    ENV_VAR,
+    Dataset,
+    find_shared_data_dir,
+    load_dataset,
+    load_images,
+    read_idx,
+    read_quest_csv,
+    resolve_data_dir,
+    training_splits,
+)
+
+__all__ = ["DATASETS", "ENV_VAR", "Dataset", "find_shared_data_dir", "load_dataset", "load_images", "read_idx",
+           "read_quest_csv", "resolve_data_dir", "training_splits"]
