@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from backends.base import Backend, Evaluation
-from pqt.circuits.photonic import sample_frequencies
+from pqt.circuits.base import sample_frequencies
 
 if TYPE_CHECKING:
     from pqt.circuits.photonic import PhotonicQNN

@@ -52,19 +52,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import perceval as pcvl
-from perceval.backends import SLOSExqaliburBackend
-from perceval.components import Source
-from perceval.simulators import ExqaliburSimulator
 
 from backends.base import Backend, Evaluation, Option
 from pqt.errors import UserError
 
 if TYPE_CHECKING:
+    import perceval as pcvl
+    from perceval.components import Source
+    from perceval.simulators import ExqaliburSimulator
+
     from pqt.circuits.photonic import PhotonicQNN
 
 # Perceval's defaults, which mean "no noise": no flag given = an ideal simulation.
-_PERFECT = pcvl.NoiseModel()
+# (Literal so that building the CLI's flags does not import Perceval; a test checks them against it.)
+IDEAL = {"indistinguishability": 1.0, "transmittance": 1.0, "brightness": 1.0, "g2": 0.0,
+         "phase_imprecision": 0.0, "phase_error": 0.0}
 
 # name -> (low, high, what it is, whether low itself is allowed); a high of None is open. Perceval
 # itself caps phase_error at pi. A transmittance or brightness of 0 never detects a photon, so every
@@ -100,16 +102,16 @@ class NoisyBackend(Backend):
     description = ("local noisy simulation (Perceval NoiseModel: source, losses, phase noise), threshold "
                    "detectors, post-selection on N clicks")
     options = (
-        Option("indistinguishability", float, _PERFECT.indistinguishability,
+        Option("indistinguishability", float, IDEAL["indistinguishability"],
                "source indistinguishability (2-photon overlap) in [0, 1]; 1 = ideal"),
-        Option("transmittance", float, _PERFECT.transmittance,
+        Option("transmittance", float, IDEAL["transmittance"],
                "system-wide transmittance in (0, 1] (1 - photon loss); 1 = ideal"),
-        Option("brightness", float, _PERFECT.brightness,
+        Option("brightness", float, IDEAL["brightness"],
                "source brightness (probability to emit) in (0, 1]; 1 = ideal"),
-        Option("g2", float, _PERFECT.g2, "multi-photon emission g2(0) in [0, 1]; 0 = ideal"),
-        Option("phase-imprecision", float, _PERFECT.phase_imprecision,
+        Option("g2", float, IDEAL["g2"], "multi-photon emission g2(0) in [0, 1]; 0 = ideal"),
+        Option("phase-imprecision", float, IDEAL["phase_imprecision"],
                "phase-shifter resolution in radians (phases rounded to multiples); 0 = ideal"),
-        Option("phase-error", float, _PERFECT.phase_error,
+        Option("phase-error", float, IDEAL["phase_error"],
                "maximum random phase error in radians, in [0, pi], drawn per evaluation; 0 = ideal"),
         Option("simulation-precision", float, 0.0,
                "drop source states/partial results below this x the largest probability (Perceval's "
@@ -121,10 +123,12 @@ class NoisyBackend(Backend):
         super().__init__(shots=shots, seed=seed, max_shots=max_shots, run_dir=run_dir, **options)
         for key, (low, high, what, low_ok) in _RANGES.items():
             self.settings[key] = _checked(key, self.settings[key], low, high, what, low_ok)
+        import perceval as pcvl
+
         self.noise = pcvl.NoiseModel(**{key: self.settings[key] for key in _NOISE_KEYS})
         # With every knob at its default this is the ideal backend (and the exact-gradient
         # optimizer may use the ideal simulation).
-        self.ideal = self.noise == _PERFECT
+        self.ideal = all(self.settings[key] == IDEAL[key] for key in _NOISE_KEYS)
         self._simulations: weakref.WeakKeyDictionary[PhotonicQNN, _QNNSimulation] = (
             weakref.WeakKeyDictionary())
 
@@ -163,6 +167,8 @@ class NoisyBackend(Backend):
         Returns (P(pattern) for each N-click pattern in ``qnn.outcomes`` order, P(exactly N clicks),
         P(at least one click)), all per source pulse.
         """
+        import perceval as pcvl
+
         sim = self._simulation(qnn)
         noisy = self._noisy_phases(sim, np.asarray(phases, dtype=np.float64))
         # qnn.unitary is the vectorised product of the mesh, equal to circuit.compute_unitary()
@@ -180,6 +186,8 @@ class NoisyBackend(Backend):
         if not error and not step:
             return phases
         # Only the random error needs randomness; the rounding is deterministic.
+        import perceval as pcvl
+
         rng = random.Random(int(self.rng.integers(2**63)) if error else 0)
         noisy = phases.copy()
         for index in sim.ps_order:
@@ -190,6 +198,11 @@ class NoisyBackend(Backend):
 
     def _simulation(self, qnn: PhotonicQNN) -> _QNNSimulation:
         if qnn not in self._simulations:
+            import perceval as pcvl
+            from perceval.backends import SLOSExqaliburBackend
+            from perceval.components import Source
+            from perceval.simulators import ExqaliburSimulator
+
             simulator = ExqaliburSimulator(SLOSExqaliburBackend())
             # Keep every click pattern (vacuum included): the post-selection is done here, and its
             # probability reported. By default nothing is pruned but Perceval's 1e-16 floor.

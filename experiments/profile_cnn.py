@@ -27,8 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pqt.targets.fast_loss import FixedBatchLoss, plain_loss  # noqa: E402
-from pqt.targets.networks import PaperCNN, functional_forward, n_parameters  # noqa: E402
+from pqt.targets import PaperCNN, functional_forward, n_parameters  # noqa: E402
+from pqt.targets.paper_cnn_fast import FixedBatchLoss, plain_loss  # noqa: E402
 
 
 def load_images(n: int) -> tuple[torch.Tensor, torch.Tensor, str]:

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pqt.targets.fast_forward import fast_path_applies, training_forward  # noqa: E402
-from pqt.targets.networks import ACTIVATIONS, PaperCNN, functional_forward, n_parameters  # noqa: E402
+from pqt.targets import ACTIVATIONS, PaperCNN, functional_forward, n_parameters  # noqa: E402
+from pqt.targets.paper_cnn_fast import fast_path_applies, training_forward  # noqa: E402
 
 Forward = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 

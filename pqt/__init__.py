@@ -1,10 +1,16 @@
-"""pqt: photonic Quantum-Train.
+"""pqt: the Quantum-Train toolkit.
 
-Two photonic QNNs (Perceval interferometers) generate, through an MPS mapper, every weight of a
-classical network; only the phases and the MPS are trained, and the trained network runs with
-plain torch. See README.md.
+Quantum circuits (photonic interferometers or gate-based QNNs) generate, through a small mapping
+model, every weight of a classical network; only the circuits' parameters and the mapping model are
+trained, and the trained network runs with plain torch. The pipeline, one folder each:
+
+    circuits -> distributions -> mappers -> generator -> targets -> training -> studies -> cli
+
+See README.md. Everything below is imported lazily: deployment (``pqt evaluate`` / ``predict``)
+must run without Perceval, and ``pqt --help`` without torch.
 """
 
+import importlib
 import os
 from typing import Any
 
@@ -14,14 +20,35 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from pqt.errors import UserError  # noqa: E402
 
-__all__ = ["PhotonicQNN", "UserError"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+# public name -> module that defines it
+_PUBLIC = {
+    "PhotonicQNN": "pqt.circuits.photonic",
+    "QubitQNN": "pqt.circuits.qubit",
+    "Circuit": "pqt.circuits.base",
+    "MPSMapper": "pqt.mappers",
+    "MLPMapper": "pqt.mappers",
+    "create_mapper": "pqt.mappers",
+    "QuantumTrainGenerator": "pqt.generator",
+    "build_generator": "pqt.generator",
+    "combine_distributions": "pqt.distributions.combine",
+    "PaperCNN": "pqt.targets",
+    "CifarCNN": "pqt.targets",
+    "SmallMLP": "pqt.targets",
+    "create_target": "pqt.targets",
+    "register_target": "pqt.targets",
+    "functional_forward": "pqt.targets",
+    "TrainConfig": "pqt.training.config",
+    "Trainer": "pqt.training.trainer",
+    "load_dataset": "pqt.data",
+    "load_model": "pqt.deploy",
+}
+
+__all__ = ["UserError", *_PUBLIC]
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy: deployment commands (pqt evaluate / predict) must run without importing perceval.
-    if name == "PhotonicQNN":
-        from pqt.circuits.photonic import PhotonicQNN
-
-        return PhotonicQNN
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
     raise AttributeError(f"module 'pqt' has no attribute {name!r}")

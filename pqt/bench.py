@@ -49,17 +49,24 @@ def _bench_images() -> tuple[torch.Tensor, torch.Tensor, str]:
 def run_bench(as_json: bool = False, repeats: int = 15) -> dict[str, Any]:
     from backends.local import SLOSBackend
     from pqt.circuits.photonic import PhotonicQNN, perceval_distribution, sample_frequencies
-    from pqt.distributions.combine import WeightGenerator, combine_distributions
-    from pqt.targets.fast_loss import FixedBatchLoss, plain_loss
-    from pqt.targets.networks import PaperCNN, functional_forward, n_parameters
+    from pqt.distributions.combine import combine_distributions
+    from pqt.generator import QuantumTrainGenerator
+    from pqt.mappers import MPSMapper
+    from pqt.targets import PaperCNN, functional_forward, n_parameters
+    from pqt.targets.paper_cnn_fast import FixedBatchLoss, plain_loss
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     qnns = [PhotonicQNN(9, 4), PhotonicQNN(8, 4)]
-    phases = [q.random_phases(rng) for q in qnns]
+    phases = [q.random_parameters(rng) for q in qnns]
     target = PaperCNN()
     m = n_parameters(target)
-    generator = WeightGenerator(m, BENCH_CHI, init_std=0.05)  # non-trivial weights
+    generator = QuantumTrainGenerator(qnns, MPSMapper(m, BENCH_CHI, init_std=0.05))  # non-trivial weights
+
+    def reference_weights(values: torch.Tensor) -> torch.Tensor:
+        raw = generator.mapper.reference_forward(values)
+        return raw - raw.mean()
+
     images, labels, source = _bench_images()
     backend = SLOSBackend(shots=BENCH_SHOTS, seed=0)
     fixed_loss = FixedBatchLoss(target, images, labels)
@@ -82,7 +89,7 @@ def run_bench(as_json: bool = False, repeats: int = 15) -> dict[str, Any]:
         dists = [sample_frequencies(perceval_distribution(q, p), BENCH_SHOTS, rng)
                  for q, p in zip(qnns, phases, strict=True)]
         with torch.no_grad():
-            weights = generator.reference_forward(combine_distributions(dists, m))
+            weights = reference_weights(combine_distributions(dists, m))
         return plain_loss(target, weights, images, labels)
 
     with torch.no_grad():
@@ -90,7 +97,7 @@ def run_bench(as_json: bool = False, repeats: int = 15) -> dict[str, Any]:
     r["eval_ms"] = _median_ms(ours, repeats)
     r["eval_reference_ms"] = _median_ms(reference, repeats)
     r["mps_ms"] = _median_ms(lambda: generator(combine_distributions(exact, m)), repeats)
-    r["mps_reference_ms"] = _median_ms(lambda: generator.reference_forward(combine_distributions(exact, m)),
+    r["mps_reference_ms"] = _median_ms(lambda: reference_weights(combine_distributions(exact, m)),
                                        repeats)
     r["cnn_loss_ms"] = _median_ms(lambda: fixed_loss(weights), repeats)
     with torch.inference_mode():

@@ -1,7 +1,8 @@
 """Use a trained network without any quantum software: plain torch and the saved state_dict.
 
-``model.pt`` is the target network's ``state_dict``; the activation (not part of a state_dict)
-is read from the run's ``config.json`` when the model sits in a run directory.
+``model.pt`` is the target network's ``state_dict``. The network is rebuilt from the run's
+``config.json`` (its target, activation and dataset, which gives the image shape); a bare model.pt
+without a run directory is taken to be the paper CNN unless ``target`` says otherwise.
 """
 
 from __future__ import annotations
@@ -12,37 +13,61 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from pqt.errors import UserError
-from pqt.targets.networks import PaperCNN, loss_and_accuracy
 
 
-def load_model(path: str | Path, activation: str | None = None) -> PaperCNN:
+def run_config(model_file: Path) -> dict[str, Any]:
+    """The run's config.json beside ``model_file`` ({} for a bare model.pt)."""
+    config_file = model_file.parent / "config.json"
+    if not config_file.is_file():
+        return {}
+    try:
+        data = json.loads(config_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise UserError(f"{config_file} is not a valid run config; pass --target and --activation, or fix it") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{config_file} is not a valid run config; pass --target and --activation, or fix it")
+    return data
+
+
+def model_file_of(path: str | Path) -> Path:
     path = Path(path)
     model_file = path / "model.pt" if path.is_dir() else path
     if not model_file.is_file():
         raise UserError(f"no trained model at {model_file}: give a model.pt or a run directory from pqt train")
-    config_file = model_file.parent / "config.json"
-    if activation is None and config_file.is_file():
-        try:
-            activation = json.loads(config_file.read_text()).get("activation", "none")
-        except (OSError, json.JSONDecodeError, AttributeError):
-            raise UserError(f"{config_file} is not a valid run config; pass --activation (none, relu, ...)") from None
-    model = PaperCNN(activation or "none")
+    return model_file
+
+
+def load_model(path: str | Path, activation: str | None = None, target: str | None = None) -> nn.Module:
+    """The trained network of a run directory (or a model.pt), in eval mode."""
+    from pqt.data import input_shape_of
+    from pqt.targets import create_target
+
+    model_file = model_file_of(path)
+    config = run_config(model_file)
+    name = target or config.get("target") or "paper-cnn"
+    model = create_target(name, input_shape_of(config.get("dataset") or "partial-mnist"),
+                          activation or config.get("activation"))
     try:
         state = torch.load(model_file, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except Exception as e:  # a wrong or damaged file: say which, not a traceback
-        raise UserError(f"{model_file} is not a state_dict of the paper CNN: {str(e).splitlines()[0]}") from None
+        raise UserError(f"{model_file} is not a state_dict of the {name} target: "
+                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     return model.eval()
 
 
 @torch.inference_mode()
-def evaluate_model(model_path: str | Path, dataset: str, data_dir: str | None, split: str = "test",
-                   activation: str | None = None) -> dict[str, Any]:
+def evaluate_model(model_path: str | Path, dataset: str | None, data_dir: str | None, split: str = "test",
+                   activation: str | None = None, target: str | None = None) -> dict[str, Any]:
+    """Accuracy and loss on a dataset split; the dataset defaults to the one the run was trained on."""
     from pqt.data import load_dataset
+    from pqt.targets import loss_and_accuracy
 
-    model = load_model(model_path, activation)
+    model = load_model(model_path, activation, target)
+    dataset = dataset or run_config(model_file_of(model_path)).get("dataset") or "partial-mnist"
     train, test = load_dataset(dataset, data_dir)
     data = test if split == "test" else train
     loss, accuracy = loss_and_accuracy(model, data.images, data.labels)
@@ -51,9 +76,9 @@ def evaluate_model(model_path: str | Path, dataset: str, data_dir: str | None, s
 
 @torch.inference_mode()
 def predict_files(model_path: str | Path, images: list[str], activation: str | None = None,
-                  ) -> Iterator[tuple[str, list[int]]]:
+                  target: str | None = None) -> Iterator[tuple[str, list[int]]]:
     from pqt.data import load_images
 
-    model = load_model(model_path, activation)
+    model = load_model(model_path, activation, target)
     for path in images:
         yield path, model(load_images(path)).argmax(1).tolist()

@@ -51,11 +51,13 @@ class RunTools:
     def load_checkpoint(run: Path) -> dict[str, Any]:
         import torch
 
-        return torch.load(Path(run) / "checkpoint.pt", map_location="cpu", weights_only=False)
+        # weights_only=True: a run folder someone sent you must load without running pickled code
+        return torch.load(Path(run) / "checkpoint.pt", map_location="cpu", weights_only=True)
 
     @staticmethod
     def without_timing(metrics: dict[str, Any]) -> dict[str, Any]:
-        m = {k: v for k, v in metrics.items() if k != "wall_seconds"}
+        # timing, and the record of how the run was resumed (a new key; what was computed must still match)
+        m = {k: v for k, v in metrics.items() if k not in ("wall_seconds", "resumes")}
         m["history"] = [{k: v for k, v in e.items() if k != "seconds"} for e in metrics["history"]]
         return m
 
@@ -74,8 +76,8 @@ class RunTools:
         for k in adam_a:
             for name in adam_a[k]:
                 assert torch.equal(adam_a[k][name], adam_b[k][name]), (k, name)
-        assert len(ca["phases"]) == len(cb["phases"])
-        for pa, pb in zip(ca["phases"], cb["phases"], strict=True):
+        assert len(ca["circuit_parameters"]) == len(cb["circuit_parameters"])
+        for pa, pb in zip(ca["circuit_parameters"], cb["circuit_parameters"], strict=True):
             np.testing.assert_array_equal(pa, pb)
         for da, db in zip(ca["dists"], cb["dists"], strict=True):
             np.testing.assert_array_equal(da, db)

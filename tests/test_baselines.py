@@ -9,7 +9,7 @@ import torch
 
 from pqt.errors import UserError
 from pqt.studies.baselines import BaselineConfig, BaselineNet, run_baseline, trainable_count
-from pqt.targets.networks import PaperCNN
+from pqt.targets import PaperCNN
 from pqt.training import run_files
 
 TINY = {"train_limit": 200, "test_limit": 100, "epochs": 1}

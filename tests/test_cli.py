@@ -15,7 +15,7 @@ import torch
 
 from pqt.cli import main
 from pqt.data import load_dataset
-from pqt.targets.networks import PaperCNN
+from pqt.targets import PaperCNN
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pqt.targets.fast_forward import _max4, _route4, fast_path_applies, training_forward
-from pqt.targets.networks import ACTIVATIONS, PaperCNN, functional_forward, n_parameters, unflatten
+from pqt.targets import ACTIVATIONS, PaperCNN, functional_forward, n_parameters, unflatten
+from pqt.targets.paper_cnn_fast import _max4, _route4, fast_path_applies, training_forward
 
 LOGITS_REL = 1e-5  # max |difference| / max |plain logit|
 GRAD_RTOL = 1e-4  # per gradient entry, plus an absolute slack relative to the largest entry:

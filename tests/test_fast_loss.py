@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from pqt.targets.fast_loss import FixedBatchLoss, plain_loss
-from pqt.targets.networks import ACTIVATIONS, PaperCNN, n_parameters
+from pqt.targets import ACTIVATIONS, PaperCNN, n_parameters
+from pqt.targets.paper_cnn_fast import FixedBatchLoss, plain_loss
 
 REL = 1e-5  # float32 summation-order differences only
 

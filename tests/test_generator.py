@@ -12,7 +12,9 @@ import torch
 from pqt.circuits.photonic import PhotonicQNN
 from pqt.distributions.combine import check_outcome_capacity, combine_distributions
 from pqt.errors import UserError
-from pqt.targets.networks import PaperCNN, functional_forward, n_parameters, unflatten
+from pqt.generator import QuantumTrainGenerator, build_generator
+from pqt.mappers import MPSMapper
+from pqt.targets import PaperCNN, functional_forward, n_parameters, unflatten
 from pqt.training.accounting import parameter_report
 from pqt.training.config import TrainConfig
 
@@ -146,7 +148,7 @@ def paper_qnns() -> list[PhotonicQNN]:
 
 @pytest.mark.parametrize("chi", range(1, 11))
 def test_parameter_report(paper_qnns, chi: int) -> None:
-    report = parameter_report(TrainConfig(bond_dim=chi), paper_qnns, PaperCNN())
+    report = parameter_report(QuantumTrainGenerator(paper_qnns, MPSMapper(6690, chi)), PaperCNN())
     assert report["paper_count_parameters"] == PAPER_COUNTS[chi - 1]
     assert report["mps_parameters"] == 31 * chi**2
     assert report["photonic_parameters"] == 72 + 56
@@ -157,10 +159,8 @@ def test_parameter_report(paper_qnns, chi: int) -> None:
 
 def test_parameter_report_matches_the_built_models(paper_qnns) -> None:
     """The reported MPS count is the size of the generator actually built for the target."""
-    from pqt.distributions.combine import WeightGenerator
-
     for chi in (1, 4):
-        gen = WeightGenerator(6690, chi)
-        report = parameter_report(TrainConfig(bond_dim=chi), paper_qnns, PaperCNN())
-        assert report["mps_parameters"] == sum(p.numel() for p in gen.parameters())
+        gen = build_generator(TrainConfig(bond_dim=chi), 6690)
+        report = parameter_report(gen, PaperCNN())
+        assert report["mps_parameters"] == sum(p.numel() for p in gen.parameters()) == 31 * chi**2
         assert report["photonic_parameters"] == sum(q.n_parameters for q in paper_qnns)

@@ -6,26 +6,28 @@ import numpy as np
 import pytest
 import torch
 
-from pqt.distributions.combine import WeightGenerator
+from pqt.circuits.photonic import PhotonicQNN
 from pqt.errors import UserError
-from pqt.mappers.mps import MPSMapper, index_bits, mps_parameter_count
+from pqt.generator import QuantumTrainGenerator
+from pqt.mappers import MPS, MPSMapper, index_bits, mps_parameter_count
 
+PAPER_QNNS = [PhotonicQNN(9, 4), PhotonicQNN(8, 4)]
 
 def count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def randomised(n_inputs: int, chi: int, seed: int, std: float = 0.3) -> MPSMapper:
+def randomised(n_inputs: int, chi: int, seed: int, std: float = 0.3) -> MPS:
     """An MPS far from its identity initialisation: random cores, biases and output core."""
     torch.manual_seed(seed)
-    mps = MPSMapper(n_inputs, chi, init_std=std)
+    mps = MPS(n_inputs, chi, init_std=std)
     with torch.no_grad():
         for p in (mps.left_bias, mps.right_bias, mps.output_core):
             p.add_(torch.randn_like(p) * std)
     return mps
 
 
-def reference_contraction(mps: MPSMapper, x: np.ndarray) -> float:
+def reference_contraction(mps: MPS, x: np.ndarray) -> float:
     """The module docstring's formula, contracted naively in float64 for one input row.
 
     A_s(x) = W_s[0] x + W_s[1] (1 - x) + B_half;  y = e0^T A_1 ... A_{n/2} O A_{n/2+1} ... A_n e0
@@ -52,24 +54,35 @@ def reference_contraction(mps: MPSMapper, x: np.ndarray) -> float:
 
 @pytest.mark.parametrize("chi", range(1, 11))
 def test_parameter_count_paper(chi: int) -> None:
-    mps = MPSMapper(14, chi)
+    mps = MPS(14, chi)
     assert count(mps) == 31 * chi**2 == mps_parameter_count(14, chi)
 
 
 @pytest.mark.parametrize(("n", "chi"), [(2, 3), (3, 2), (5, 4), (8, 1), (13, 5)])
 def test_parameter_count_general(n: int, chi: int) -> None:
-    assert count(MPSMapper(n, chi)) == (2 * n + 3) * chi**2 == mps_parameter_count(n, chi)
+    assert count(MPS(n, chi)) == (2 * n + 3) * chi**2 == mps_parameter_count(n, chi)
 
 
 @pytest.mark.parametrize("chi", [0, -1, 1.5, True])
 def test_bad_bond_dimension_is_user_error(chi) -> None:
     with pytest.raises(UserError, match="bond dimension"):
-        MPSMapper(14, chi)
+        MPS(14, chi)
 
 
 def test_too_few_features_is_user_error() -> None:
     with pytest.raises(UserError):
-        MPSMapper(1, 2)
+        MPS(0, 2)
+
+
+def test_value_only_mapper_is_an_affine_map_of_the_value() -> None:
+    """Without index bits the MPS has one site: y = a x + b, so the weights are a scaled copy of the centred values."""
+    mapper = MPSMapper(50, 3, init_std=0.3, inputs="value")
+    assert mapper.n_features == 1 and count(mapper) == 5 * 9
+    x = torch.rand(50, generator=torch.Generator().manual_seed(0))
+    y = mapper(x).detach()
+    slope = (y[1] - y[0]) / (x[1] - x[0])
+    torch.testing.assert_close(y, y[0] + slope * (x - x[0]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(y, mapper.reference_forward(x).detach(), rtol=1e-5, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- contraction
@@ -109,8 +122,8 @@ def test_forward_planned_with_continuous_fixed_features() -> None:
     torch.testing.assert_close(planned, ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
 
 
-def test_generator_planned_equals_reference_forward() -> None:
-    gen = WeightGenerator(6690, 4, init_std=0.3)
+def test_mapper_planned_equals_reference_forward() -> None:
+    gen = MPSMapper(6690, 4, init_std=0.3)
     with torch.no_grad():
         for p in (gen.mps.left_bias, gen.mps.right_bias, gen.mps.output_core):
             p.add_(torch.randn_like(p) * 0.3)
@@ -122,24 +135,24 @@ def test_generator_planned_equals_reference_forward() -> None:
 @pytest.mark.parametrize("chi", [1, 4, 10])
 def test_default_init_generates_zero_weights(chi: int) -> None:
     torch.manual_seed(0)
-    gen = WeightGenerator(6690, chi)
+    gen = QuantumTrainGenerator(PAPER_QNNS, MPSMapper(6690, chi))
     combined = torch.rand(6690, generator=torch.Generator().manual_seed(2)) * 2.0
     weights = gen(combined)
     assert weights.shape == (6690,)
     assert weights.abs().max().item() < 1e-5
     # Raw outputs all start at the same value (identity init): 1 with e0 boundaries.
-    raw = gen.mps.forward_planned(gen._plan, combined)
+    raw = gen.mapper(combined)
     torch.testing.assert_close(raw, torch.ones_like(raw), rtol=0, atol=1e-5)
 
 
 def test_gradient_reaches_every_parameter() -> None:
     torch.manual_seed(0)
-    gen = WeightGenerator(6690, 3, init_std=0.3)
+    gen = QuantumTrainGenerator(PAPER_QNNS, MPSMapper(6690, 3, init_std=0.3))
     combined = torch.rand(6690, generator=torch.Generator().manual_seed(3)) * 2.0
     target = torch.randn(6690, generator=torch.Generator().manual_seed(4))
     loss = ((gen(combined) - target) ** 2).mean()
     loss.backward()
-    mps = gen.mps
+    mps = gen.mapper.mps
     for name, p in mps.named_parameters():
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name
@@ -153,11 +166,11 @@ def test_gradient_reaches_every_parameter() -> None:
 def test_gradient_at_default_init() -> None:
     """Training starts from the default init: the gradient must already reach all parameters."""
     torch.manual_seed(0)
-    gen = WeightGenerator(6690, 2)
+    gen = QuantumTrainGenerator(PAPER_QNNS, MPSMapper(6690, 2))
     combined = torch.rand(6690, generator=torch.Generator().manual_seed(3)) * 2.0
     target = torch.randn(6690, generator=torch.Generator().manual_seed(4))
     (gen(combined) * target).sum().backward()
-    for name, p in gen.mps.named_parameters():
+    for name, p in gen.mapper.mps.named_parameters():
         assert p.grad is not None and p.grad.abs().sum().item() > 0, name
 
 

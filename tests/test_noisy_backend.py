@@ -74,7 +74,7 @@ def tv(p: np.ndarray, q: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def qnn53() -> tuple[PhotonicQNN, np.ndarray]:
     qnn = PhotonicQNN(5, 3)
-    return qnn, qnn.random_phases(np.random.default_rng(7))
+    return qnn, qnn.random_parameters(np.random.default_rng(7))
 
 
 # --------------------------------------------------------------------------- ideal limit
@@ -83,7 +83,7 @@ def qnn53() -> tuple[PhotonicQNN, np.ndarray]:
 @pytest.mark.parametrize("modes,photons,seed", [(4, 2, 0), (5, 3, 1), (6, 3, 2)])
 def test_perfect_settings_reproduce_the_ideal_backend(modes: int, photons: int, seed: int) -> None:
     qnn = PhotonicQNN(modes, photons)
-    phases = qnn.random_phases(np.random.default_rng(seed))
+    phases = qnn.random_parameters(np.random.default_rng(seed))
     probs, p_n, p_shot = exact(qnn, phases)
     np.testing.assert_allclose(probs, qnn.exact_distribution(phases), atol=1e-10, rtol=0)
     ref_probs, ref_free = ideal_reference(qnn, phases)
@@ -161,7 +161,7 @@ def test_multiphoton_emission_adds_clicks_one_photon_case() -> None:
     # One photon in, threshold detectors: ideally exactly one click. With g2 > 0 the source sometimes
     # sends a second (distinguishable) photon, which clicks elsewhere with prob 1 - sum_j p_j^2.
     qnn = PhotonicQNN(3, 1)
-    phases = qnn.random_phases(np.random.default_rng(3))
+    phases = qnn.random_parameters(np.random.default_rng(3))
     p = np.abs(perceval_unitary(qnn, phases)[:, 0]) ** 2
     g2 = 0.1
     source = pcvl.Source(multiphoton_component=g2).probability_distribution()
@@ -215,7 +215,7 @@ def test_phase_error_is_random_bounded_and_replayed_from_the_backend_rng(qnn53) 
 def test_matches_the_full_perceval_experiment_path() -> None:
     """All knobs at once, against Experiment + SimulatedComputer with the same phase-noise seed."""
     qnn = PhotonicQNN(4, 2)
-    phases = qnn.random_phases(np.random.default_rng(11))
+    phases = qnn.random_parameters(np.random.default_rng(11))
     noise = {"indistinguishability": 0.85, "transmittance": 0.6, "brightness": 0.9, "g2": 0.05,
              "phase_imprecision": 0.05, "phase_error": 0.1}
     backend = create_backend("noisy", None, seed=4, options=noise)

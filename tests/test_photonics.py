@@ -82,7 +82,7 @@ def test_parameter_counts(qnns, modes: int, photons: int, n_params: int) -> None
 def test_every_parameter_is_live(qnns, shape) -> None:
     """Changing any single phase changes the Perceval circuit's unitary."""
     qnn = qnns[shape]
-    phases = qnn.random_phases(np.random.default_rng(3))
+    phases = qnn.random_parameters(np.random.default_rng(3))
     base = perceval_unitary(qnn, phases)
     for k in range(qnn.n_parameters):
         moved = phases.copy()
@@ -134,7 +134,7 @@ def test_unitary_equals_perceval_compute_unitary(qnns, shape) -> None:
     qnn = qnns[shape]
     rng = np.random.default_rng(11)
     for _ in range(3):
-        phases = qnn.random_phases(rng)
+        phases = qnn.random_parameters(rng)
         ours = qnn.unitary(phases)
         ref = perceval_unitary(qnn, phases)
         np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-12)
@@ -150,7 +150,7 @@ def test_distribution_equals_perceval_processor_and_slos(qnns, shape) -> None:
     qnn = qnns[shape]
     rng = np.random.default_rng(2024 + shape[0])
     for _ in range(3):
-        phases = qnn.random_phases(rng)
+        phases = qnn.random_parameters(rng)
         ours = qnn.distribution(phases)
         assert ours.shape == (qnn.n_outcomes,)
         assert math.isclose(ours.sum(), 1.0, abs_tol=1e-12)
@@ -163,7 +163,7 @@ def test_distribution_equals_perceval_processor_and_slos(qnns, shape) -> None:
 def test_distribution_is_not_phase_independent(qnns) -> None:
     qnn = qnns[(9, 4)]
     rng = np.random.default_rng(5)
-    a, b = (qnn.distribution(qnn.random_phases(rng)) for _ in range(2))
+    a, b = (qnn.distribution(qnn.random_parameters(rng)) for _ in range(2))
     assert np.abs(a - b).max() > 1e-3
 
 
@@ -174,7 +174,7 @@ def test_distribution_equals_naive_permanents(shape, inputs) -> None:
     qnn = PhotonicQNN(modes, photons, input_modes=inputs)
     rng = np.random.default_rng(7)
     for _ in range(4):
-        phases = qnn.random_phases(rng)
+        phases = qnn.random_parameters(rng)
         u = perceval_unitary(qnn, phases)
         ref = naive_distribution(u, qnn.input_modes, photons)
         np.testing.assert_allclose(qnn.distribution(phases), ref, rtol=0, atol=1e-12)
@@ -188,7 +188,7 @@ def test_torch_distribution_equals_numpy(qnns, shape) -> None:
     qnn = qnns[shape]
     rng = np.random.default_rng(13)
     for _ in range(3):
-        phases = qnn.random_phases(rng)
+        phases = qnn.random_parameters(rng)
         t = qnn.torch_distribution(torch.from_numpy(phases))
         assert t.dtype == torch.float64
         np.testing.assert_allclose(t.numpy(), qnn.distribution(phases), rtol=0, atol=1e-12)
@@ -198,7 +198,7 @@ def test_torch_distribution_equals_numpy(qnns, shape) -> None:
 def test_torch_distribution_equals_perceval(qnns, shape) -> None:
     """The differentiable simulation (exact-gradient training) against Perceval itself, to 1e-10."""
     qnn = qnns[shape]
-    phases = qnn.random_phases(np.random.default_rng(21))
+    phases = qnn.random_parameters(np.random.default_rng(21))
     t = qnn.torch_distribution(torch.from_numpy(phases)).numpy()
     np.testing.assert_allclose(t, perceval_distribution(qnn, phases), rtol=0, atol=1e-10)
 
@@ -207,7 +207,7 @@ def test_torch_distribution_equals_perceval(qnns, shape) -> None:
 def test_torch_gradient_matches_finite_differences(qnns, shape) -> None:
     qnn = qnns[shape]
     rng = np.random.default_rng(17)
-    phases = qnn.random_phases(rng)
+    phases = qnn.random_parameters(rng)
     weights = rng.normal(size=qnn.n_outcomes)
 
     def f_numpy(ph: np.ndarray) -> float:
@@ -252,7 +252,7 @@ def pooled_bins(expected: np.ndarray, minimum: float = 5.0) -> np.ndarray:
 
 def test_shot_frequencies_fit_the_exact_distribution(qnns) -> None:
     qnn = qnns[(9, 4)]
-    phases = qnn.random_phases(np.random.default_rng(19))
+    phases = qnn.random_parameters(np.random.default_rng(19))
     exact = qnn.distribution(phases)
     shots = 20_000
     freqs = qnn.distribution(phases, shots=shots, seed=0)
@@ -268,13 +268,13 @@ def test_shot_frequencies_fit_the_exact_distribution(qnns) -> None:
     assert exp_bins.min() >= 5.0
     assert chisquare(np.bincount(bins, weights=counts, minlength=n_bins), exp_bins).pvalue > 1e-3
     # The same test rejects frequencies drawn from another distribution (it can fail).
-    wrong = qnn.distribution(qnn.random_phases(np.random.default_rng(20)), shots=shots, seed=0)
+    wrong = qnn.distribution(qnn.random_parameters(np.random.default_rng(20)), shots=shots, seed=0)
     assert chisquare(np.bincount(bins, weights=wrong * shots, minlength=n_bins), exp_bins).pvalue < 1e-3
 
 
 def test_shots_reproducible_and_seed_dependent(qnns) -> None:
     qnn = qnns[(8, 4)]
-    phases = qnn.random_phases(np.random.default_rng(23))
+    phases = qnn.random_parameters(np.random.default_rng(23))
     a = qnn.distribution(phases, shots=1000, seed=0)
     b = qnn.distribution(phases, shots=1000, seed=0)
     c = qnn.distribution(phases, shots=1000, seed=1)

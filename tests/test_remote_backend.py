@@ -36,7 +36,7 @@ FAST = {"max_retries": 3, "retry_backoff": 0.01, "poll_interval": 0.01, "request
         "job_timeout": 20.0}
 Q1, Q2 = PhotonicQNN(4, 2), PhotonicQNN(5, 2)
 _rng = np.random.default_rng(2024)
-P1, P2 = Q1.random_phases(_rng), Q2.random_phases(_rng)
+P1, P2 = Q1.random_parameters(_rng), Q2.random_parameters(_rng)
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_frequencies_match_exact_and_local_sampling(cloud, tmp_path):
 def test_default_pair_9_4_and_8_4(cloud, tmp_path):
     q9, q8 = PhotonicQNN(9, 4), PhotonicQNN(8, 4)
     rng = np.random.default_rng(5)
-    p9, p8 = q9.random_phases(rng), q8.random_phases(rng)
+    p9, p8 = q9.random_parameters(rng), q8.random_parameters(rng)
     backend = create_backend("remote", shots=20_000, run_dir=tmp_path, options={"cloud_url": cloud.url, **FAST})
     out = backend.evaluate([q9, q8], [p9, p8], tag="r0/eval")
     assert [len(e.probs) for e in out] == [126, 70]

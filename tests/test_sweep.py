@@ -247,9 +247,7 @@ def test_aggregate_only_reports_unstarted_runs(tmp_path: Path) -> None:
 
 
 def test_parsers_register_subcommands(tmp_path: Path) -> None:
-    from pqt.studies.baselines import add_baseline_parser
-    from pqt.studies.figures import add_figures_parser
-    from pqt.studies.sweep import add_sweep_parser
+    from pqt.cli.studies import add_baseline_parser, add_figures_parser, add_sweep_parser
 
     parser = argparse.ArgumentParser(prog="pqt")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from pqt.data import load_dataset
 from pqt.errors import UserError
-from pqt.targets.networks import PaperCNN
+from pqt.targets import PaperCNN
 from pqt.training.config import TrainConfig
 
 METRIC_KEYS = {
@@ -68,7 +68,7 @@ def test_run_files_written(runs, two_round_run) -> None:
     assert not list(run.glob(".*.tmp")), "atomic-write leftovers"
     ck = runs.load_checkpoint(run)
     assert ck["round"] == 2 and len(ck["history"]) == 2
-    assert [len(p) for p in ck["phases"]] == [72, 56]
+    assert [len(p) for p in ck["circuit_parameters"]] == [72, 56]
     assert TrainConfig.from_dict(ck["config"]).rounds == 2
 
 
@@ -90,20 +90,22 @@ def test_model_pt_is_a_plain_cnn_that_reproduces_the_metrics(runs, two_round_run
 
 def test_model_pt_is_what_the_checkpoint_generates(runs, two_round_run) -> None:
     """model.pt = MPS(checkpointed state) applied to the checkpointed distributions (independent rebuild)."""
-    from pqt.distributions.combine import WeightGenerator, combine_distributions
+    from pqt.distributions.combine import combine_distributions
+    from pqt.mappers import MPSMapper
 
     run = two_round_run["dir"]
     ck = runs.load_checkpoint(run)
-    gen = WeightGenerator(6690, 4)
-    gen.load_state_dict(ck["generator"])
-    p1, p2 = ck["dists"]
+    mapper = MPSMapper(6690, 4)
+    mapper.load_state_dict({k.removeprefix("mapper."): v for k, v in ck["generator"].items()})
+    p1, p2 = (d.numpy() for d in ck["dists"])
     assert p1.shape == (126,) and p2.shape == (70,)
     # shot frequencies: multiples of 1/1000 summing to 1
     for p in (p1, p2):
         np.testing.assert_allclose(p * 1000, np.rint(p * 1000), atol=1e-9)
         assert math.isclose(p.sum(), 1.0, abs_tol=1e-12)
     with torch.no_grad():
-        weights = gen.reference_forward(combine_distributions([p1, p2], 6690))
+        raw = mapper.reference_forward(combine_distributions([p1, p2], 6690))
+        weights = raw - raw.mean()
     state = torch.load(run / "model.pt", weights_only=True)
     flat = torch.cat([state[k].reshape(-1) for k in [n for n, _ in PaperCNN().named_parameters()]])
     torch.testing.assert_close(flat, weights, rtol=1e-4, atol=1e-6)
@@ -113,7 +115,7 @@ def test_model_pt_is_what_the_checkpoint_generates(runs, two_round_run) -> None:
 def test_training_changes_phases_and_mps(runs, two_round_run, tiny_config, make_trainer, tmp_path) -> None:
     fresh = make_trainer(tiny_config(rounds=2), tmp_path / "unused")
     ck = runs.load_checkpoint(two_round_run["dir"])
-    assert any(not np.array_equal(a, b) for a, b in zip(fresh.state.phases, ck["phases"], strict=True))
+    assert any(not np.array_equal(a, b) for a, b in zip(fresh.state.parameters, ck["circuit_parameters"], strict=True))
     start = fresh.generator.state_dict()
     assert any(not torch.equal(start[k], ck["generator"][k]) for k in start)
 
@@ -140,10 +142,10 @@ def test_resume_after_kill_mid_round_equals_uninterrupted_run(runs, two_round_ru
     run = tmp_path / "killed"
     original = Trainer._phase_stage
 
-    def killed_in_round_2(self, r):
+    def killed_in_round_2(self, r, *args):
         if r == 1:  # round 2: after its Adam stage changed the MPS in memory
             raise KeyboardInterrupt
-        return original(self, r)
+        return original(self, r, *args)
 
     with monkeypatch.context() as mp:
         mp.setattr(Trainer, "_phase_stage", killed_in_round_2)
@@ -183,11 +185,11 @@ def test_nan_loss_stops_with_user_error_and_keeps_last_checkpoint(runs, one_roun
     run = tmp_path / "nan"
     shutil.copytree(one_round_run, run)
     model_before = (run / "model.pt").read_bytes()
-    phases_before = runs.load_checkpoint(run)["phases"]
+    phases_before = runs.load_checkpoint(run)["circuit_parameters"]
     trainer = make_trainer(tiny_config(rounds=2), run)
     trainer.load()
     # Poison the generator's input from now on: round 2's Adam loss becomes NaN.
-    monkeypatch.setattr(trainer, "_combined", lambda dists: torch.full((6690,), float("nan")))
+    monkeypatch.setattr(trainer.generator, "values", lambda dists: torch.full((6690,), float("nan")))
     with pytest.raises(UserError) as e:
         trainer.run()
     assert isinstance(e.value, TrainingDiverged)
@@ -197,7 +199,7 @@ def test_nan_loss_stops_with_user_error_and_keeps_last_checkpoint(runs, one_roun
     again = make_trainer(tiny_config(rounds=2), run)
     again.load()
     assert again.state.round == 1
-    for a, b in zip(again.state.phases, phases_before, strict=True):
+    for a, b in zip(again.state.parameters, phases_before, strict=True):
         np.testing.assert_array_equal(a, b)
     assert (run / "model.pt").read_bytes() == model_before
     PaperCNN().load_state_dict(torch.load(run / "model.pt", weights_only=True))
@@ -234,9 +236,9 @@ def test_nan_in_phase_objective_stops(runs, one_round_run, tiny_config, make_tra
 def test_exact_gradient_round_changes_phases(runs, tiny_config, make_trainer, tmp_path) -> None:
     config = tiny_config(rounds=1, shots=None, phase_optimizer="exact-gradient", phase_lr=0.05)
     trainer = make_trainer(config, tmp_path / "exact")
-    before = [p.copy() for p in trainer.state.phases]
+    before = [p.copy() for p in trainer.state.parameters]
     metrics = trainer.run()
-    after = trainer.state.phases
+    after = trainer.state.parameters
     assert [len(p) for p in after] == [72, 56]
     for a, b in zip(before, after, strict=True):
         assert np.abs(a - b).max() > 1e-4
@@ -244,10 +246,10 @@ def test_exact_gradient_round_changes_phases(runs, tiny_config, make_trainer, tm
     assert metrics["history"][0]["phase_objective_start"] is None
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
     ck = runs.load_checkpoint(tmp_path / "exact")
-    for a, b in zip(ck["phases"], after, strict=True):
+    for a, b in zip(ck["circuit_parameters"], after, strict=True):
         np.testing.assert_array_equal(a, b)
     # the stored distributions are the exact ones at the new phases
-    np.testing.assert_allclose(ck["dists"][0], trainer.qnns[0].distribution(after[0]), atol=1e-12)
+    np.testing.assert_allclose(ck["dists"][0], trainer.circuits[0].distribution(after[0]), atol=1e-12)
 
 
 def test_exact_gradient_with_shots_is_user_error(tiny_config, make_trainer, tmp_path) -> None:
@@ -273,7 +275,7 @@ def test_bad_configurations_are_user_errors(tiny_config, make_trainer, tmp_path,
 
 
 def test_plan_run_for_the_paper_defaults() -> None:
-    from pqt.training.trainer import plan_run
+    from pqt.training.accounting import plan_run
 
     config = TrainConfig()
     assert (config.rounds, config.cobyla_maxiter, len(config.qnn_modes), config.shots) == (200, 1000, 2, 10_000)
@@ -290,7 +292,7 @@ def test_plan_run_for_the_paper_defaults() -> None:
 
 
 def test_plan_run_other_optimizers() -> None:
-    from pqt.training.trainer import plan_run
+    from pqt.training.accounting import plan_run
 
     spsa = plan_run(TrainConfig(phase_optimizer="spsa", spsa_iterations=50, rounds=3, shots=100))
     assert spsa["circuit_evaluations_per_round"] == 2 * (2 * 50 + 1)
@@ -300,7 +302,7 @@ def test_plan_run_other_optimizers() -> None:
 
 
 def test_plan_matches_a_real_run(runs, two_round_run, tiny_config) -> None:
-    from pqt.training.trainer import plan_run
+    from pqt.training.accounting import plan_run
 
     plan = plan_run(tiny_config(rounds=2))
     m = runs.read_metrics(two_round_run["dir"])
@@ -325,7 +327,7 @@ def test_cosine_schedule_decays_both_learning_rates(tiny_config, make_trainer, t
                                        lr_schedule="cosine", adam_lr=0.01, phase_lr=0.02), tmp_path)
     trainer._schedule_lr(0.0)
     assert trainer.adam.param_groups[0]["lr"] == pytest.approx(0.01)
-    assert trainer.phase_adam.param_groups[0]["lr"] == pytest.approx(0.02)
+    assert trainer.circuit_adam.param_groups[0]["lr"] == pytest.approx(0.02)
     trainer._schedule_lr(0.5)
     assert trainer.adam.param_groups[0]["lr"] == pytest.approx(0.005)
     trainer._schedule_lr(1.0)

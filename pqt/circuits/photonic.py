@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import signal
-import threading
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -32,21 +30,14 @@ from typing import Any
 import numpy as np
 import perceval as pcvl
 
+from pqt.circuits.base import Circuit, sample_frequencies
 from pqt.errors import UserError
+from pqt.interrupts import restore_sigint
+
+__all__ = ["PhotonicQNN", "perceval_distribution", "sample_frequencies"]
 
 
-def restore_sigint() -> None:
-    """Re-install Python's own SIGINT handler at the C level.
-
-    Importing exqalibur (Perceval's simulator) installs a native SIGINT handler, so Ctrl-C no longer
-    raises KeyboardInterrupt and an interrupted run could not stop cleanly (perceval 1.3.1);
-    ``signal.getsignal`` still reports Python's handler, which is what we put back.
-    """
-    handler = signal.getsignal(signal.SIGINT)
-    if handler is not None and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, handler)
-
-
+# Importing exqalibur (above, through perceval) replaces Python's SIGINT handler: put it back.
 restore_sigint()
 
 # Above this many photons Ryser's 2^N terms per pattern lose to Perceval's SLOS.
@@ -118,13 +109,15 @@ def _mesh_plan(circuit: pcvl.Circuit, param_index: dict[str, int]) -> _MeshPlan:
     return _MeshPlan(m, n_layers, pa, pb, block_index, identity_index)
 
 
-class PhotonicQNN:
+class PhotonicQNN(Circuit):
     """An M-mode, N-photon universal interferometer whose phases are trainable.
 
     >>> qnn = PhotonicQNN(modes=9, photons=4)
     >>> qnn.n_parameters, len(qnn.outcomes)
     (72, 126)
     """
+
+    kind = "photonic"
 
     def __init__(self, modes: int, photons: int, input_modes: tuple[int, ...] | None = None) -> None:
         if photons < 1 or modes < 2:
@@ -166,6 +159,11 @@ class PhotonicQNN:
     def n_outcomes(self) -> int:
         return math.comb(self.modes, self.photons)
 
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "modes": self.modes, "photons": self.photons,
+                "input_modes": list(self.input_modes), "parameters": self.n_parameters,
+                "outcomes": self.n_outcomes}
+
     @cached_property
     def outcomes(self) -> list[tuple[int, ...]]:
         """Occupation tuples of the collision-free patterns, in distribution order."""
@@ -192,10 +190,6 @@ class PhotonicQNN:
         return gather, subsets.T.copy(), signs
 
     # ---- unitary -------------------------------------------------------------------------------
-    def _check_phases(self, phases: Any) -> None:
-        if len(phases) != self.n_parameters:
-            raise UserError(f"{self!r} takes {self.n_parameters} phases, got {len(phases)}")
-
     def _layer_matrices(self, phases: Any, xp: Any) -> Any:
         """(n_layers, M, M) block-diagonal layer matrices; ``xp`` is numpy or torch."""
         plan = self._plan
@@ -235,13 +229,13 @@ class PhotonicQNN:
     def unitary(self, phases: Any) -> np.ndarray:
         """The full M x M unitary of the mesh for ``phases`` (equals ``circuit.compute_unitary()``)."""
         phases = np.asarray(phases, dtype=np.float64)
-        self._check_phases(phases)
+        self.check_parameters(phases)
         return self._propagate(phases, np.eye(self.modes, dtype=np.complex128), np)
 
     def input_columns(self, phases: Any) -> np.ndarray:
         """U[:, input_modes]: the only part of the unitary the photons see (M x N)."""
         phases = np.asarray(phases, dtype=np.float64)
-        self._check_phases(phases)
+        self.check_parameters(phases)
         start = np.eye(self.modes, dtype=np.complex128)[:, list(self.input_modes)]
         return self._propagate(phases, start, np)
 
@@ -282,18 +276,6 @@ class PhotonicQNN:
         dist = backend.prob_distribution()
         return np.array([dist.get(pcvl.BasicState(list(o)), 0.0) for o in self.outcomes])
 
-    def distribution(self, phases: Any, shots: int | None = None,
-                     seed: int | np.random.Generator | None = None) -> np.ndarray:
-        """Exact distribution (``shots=None``) or the frequencies of ``shots`` detection events.
-
-        The events are a true multinomial draw from the exact collision-free distribution,
-        seeded by ``seed`` (an int or a ``numpy.random.Generator``).
-        """
-        probs = self.exact_distribution(phases)
-        if shots is None:
-            return probs
-        return sample_frequencies(probs, shots, seed)
-
     # ---- torch (differentiable) ----------------------------------------------------------------
     def torch_distribution(self, phases: Any) -> Any:
         """Differentiable exact distribution: ``phases`` a float64 torch tensor (grad allowed)."""
@@ -304,21 +286,7 @@ class PhotonicQNN:
         probs = self.collision_free_probabilities(columns, xp=torch)
         return probs / probs.sum()
 
-    def random_phases(self, rng: np.random.Generator) -> np.ndarray:
-        """Phases uniform in [0, 2 pi), as the paper initialises them."""
-        return rng.uniform(0.0, 2.0 * np.pi, self.n_parameters)
 
-
-def sample_frequencies(probs: np.ndarray, shots: int,
-                       seed: int | np.random.Generator | None = None) -> np.ndarray:
-    """Empirical frequencies of ``shots`` events drawn (multinomially) from ``probs``."""
-    if isinstance(shots, bool) or not isinstance(shots, (int, np.integer)) or shots < 1:
-        raise UserError(f"shots must be a whole number >= 1 (got {shots!r}); use --shots exact for "
-                        "exact probabilities")
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    p = np.clip(probs, 0.0, None)
-    counts = rng.multinomial(int(shots), p / p.sum())
-    return counts / float(shots)
 
 
 def perceval_distribution(qnn: PhotonicQNN, phases: Any) -> np.ndarray:

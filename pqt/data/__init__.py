@@ -6,6 +6,7 @@ from pqt.data.datasets import (
     ENV_VAR,
     Dataset,
     find_shared_data_dir,
+    input_shape_of,
     load_dataset,
     load_images,
     read_idx,
@@ -14,5 +15,5 @@ from pqt.data.datasets import (
     training_splits,
 )
 
-__all__ = ["DATASETS", "ENV_VAR", "Dataset", "find_shared_data_dir", "load_dataset", "load_images", "read_idx",
-           "read_quest_csv", "resolve_data_dir", "training_splits"]
+__all__ = ["DATASETS", "ENV_VAR", "Dataset", "find_shared_data_dir", "input_shape_of", "load_dataset", "load_images",
+           "read_idx", "read_quest_csv", "resolve_data_dir", "training_splits"]

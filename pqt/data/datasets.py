@@ -1,7 +1,7 @@
-"""Datasets for the 28x28 grayscale 10-class CNN: MNIST, Fashion-MNIST, the Perceval Quest CSVs and
-the offline "partial MNIST" protocol, plus loaders for `pqt predict` inputs.
+"""Datasets of 10 classes: MNIST, Fashion-MNIST, the Perceval Quest CSVs, the offline "partial MNIST"
+protocol (28x28 grayscale) and CIFAR-10 (32x32 colour), plus loaders for `pqt predict` inputs.
 
-Every image tensor is float32 (N, 1, 28, 28) with pixels in [0, 1] (uint8 / 255, no normalisation);
+Every image tensor is float32 (N, C, H, W) with pixels in [0, 1] (uint8 / 255, no normalisation);
 every label tensor is int64 (N,). Bad or missing input raises :class:`pqt.errors.UserError`.
 """
 
@@ -21,7 +21,13 @@ import torch
 
 from pqt.errors import UserError
 
-DATASETS = ("mnist", "fashion-mnist", "perceval-quest", "partial-mnist")
+DATASETS = ("mnist", "fashion-mnist", "perceval-quest", "partial-mnist", "cifar-10")
+_INPUT_SHAPES = {"cifar-10": (3, 32, 32)}  # the others: (1, 28, 28)
+
+
+def input_shape_of(name: str) -> tuple[int, ...]:
+    """(C, H, W) of a dataset's images, without loading it."""
+    return _INPUT_SHAPES.get(name, (1, 28, 28))
 
 ENV_VAR = "PQT_DATA_DIR"
 _HINT = f"pass --data-dir DIR or set {ENV_VAR} (see .env.example)"
@@ -48,7 +54,7 @@ _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".w
 
 @dataclass
 class Dataset:
-    """Images (N, 1, 28, 28) float32 in [0, 1] and int64 labels (N,).
+    """Images (N, C, H, W) float32 in [0, 1] and int64 labels (N,).
 
     Instances returned by :func:`load_dataset` are cached and shared: do not modify them in place.
     """
@@ -59,6 +65,11 @@ class Dataset:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of one image: what the target network takes."""
+        return tuple(int(v) for v in self.images.shape[1:])
 
 
 # --------------------------------------------------------------------------- locating data
@@ -359,6 +370,29 @@ def _load_partial_dataset(files: tuple[tuple[str, int, int], ...]) -> tuple[Data
     return train, test
 
 
+def _load_cifar(data_dir: Path | None) -> tuple[Dataset, Dataset]:
+    from pqt.data import cifar
+
+    roots = [data_dir] if data_dir is not None else [_CACHE_DIR]
+    folder = cifar.find_folder(roots)
+    if folder is None:
+        looked = ", ".join(str(r / cifar.FOLDER) for r in roots)
+        raise UserError(f"dataset 'cifar-10': the python batches ({', '.join(cifar.TRAIN_FILES + cifar.TEST_FILES)}) "
+                        f"were not found in {looked}; unpack cifar-10-python.tar.gz (torchvision's CIFAR10 download) "
+                        f"there and {_HINT}")
+    return _load_cifar_folder(_stat_key(folder / n for n in cifar.TRAIN_FILES + cifar.TEST_FILES))
+
+
+@functools.lru_cache(maxsize=2)
+def _load_cifar_folder(files: tuple[tuple[str, int, int], ...]) -> tuple[Dataset, Dataset]:
+    from pqt.data import cifar
+
+    folder = Path(files[0][0]).parent
+    train = Dataset(*cifar.load_split(folder, cifar.TRAIN_FILES), "cifar-10:train")
+    test = Dataset(*cifar.load_split(folder, cifar.TEST_FILES), "cifar-10:test")
+    return train, test
+
+
 def _require_dir(name: str, data_dir: Path, source: str) -> None:
     if not data_dir.is_dir():
         raise UserError(f"dataset {name!r}: data folder {data_dir} (from {source}) does not exist; {_HINT}")
@@ -389,6 +423,9 @@ def load_dataset(
                 f"looked in: {_fmt_dirs(dirs)}; {_HINT}"
             )
         return _load_idx_dataset(key, _stat_key(files))
+
+    if key == "cifar-10":
+        return _load_cifar(resolved)
 
     if resolved is None:
         resolved = find_shared_data_dir()

@@ -1,11 +1,17 @@
-"""Quantum-Train generator: photonic distributions -> MPS -> the target network's weights.
+"""From circuit distributions to one value per weight: combination and scaling.
 
-Scaling before the MPS (as in the paper's code): each QNN's distribution is divided by its own
-mean, i.e. multiplied by its number of patterns, so values are O(1) whatever C(M, N) is (and any
-overall normalisation cancels). The scaled vectors are combined by the outer (tensor) product,
-flattened row-major (index 70 i + j for the paper's pair), and the first m values are used for
-a target with m weights. The generated weights are the MPS outputs minus their mean, so the
-network starts from all-zero weights as in the paper.
+The distributions of a generator's circuits are combined by their outer (tensor) product, flattened
+row-major (value ``70 i + j`` for the photonic paper's pair; a single circuit is used as it is), and
+the first m values are used for a target with m weights: weight k reads outcome k. Scalings (which
+make values O(1) before the mapping model):
+
+- ``mean`` (photonic QT paper's code): each distribution divided by its own mean, i.e. multiplied by
+  its number of outcomes, before the product; any overall normalisation cancels.
+- ``qt`` (gate-based QT paper's code): on the first m values of the product p,
+  x = (0.8 tanh(0.1 (K / 2) p))^exponent, then x minus its mean; K is the number of combined
+  outcomes, so K / 2 = 2^(N-1) for N qubits as in the paper's code. The exponent is 0.3 there
+  (some later variants use 0.6).
+- ``none``: the probabilities as they are.
 """
 
 from __future__ import annotations
@@ -16,12 +22,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from pqt.errors import UserError
-from pqt.mappers.mps import MPSMapper, index_bits
 
-SCALINGS = ("mean", "none")
+SCALINGS = ("mean", "qt", "none")
+QT_EXPONENT = 0.3
 
 
 def check_outcome_capacity(sizes: Sequence[tuple[int, int]], n_weights: int) -> None:
@@ -47,47 +52,27 @@ def check_outcome_capacity(sizes: Sequence[tuple[int, int]], n_weights: int) -> 
                     f"weights; configurations that fit: {hint}")
 
 
-def combine_distributions(dists: Sequence[np.ndarray | torch.Tensor], n_weights: int,
-                          scaling: str = "mean") -> torch.Tensor:
-    """P1 (x) P2 (x) ... flattened row-major, first ``n_weights`` values, as float32.
+def combine_distributions(dists: Sequence[np.ndarray | torch.Tensor], n_weights: int, scaling: str = "mean",
+                          exponent: float = QT_EXPONENT) -> torch.Tensor:
+    """P1 (x) P2 (x) ... flattened row-major, first ``n_weights`` values, scaled, as float32.
 
-    Works on numpy arrays and on torch tensors alike (differentiable for the exact-gradient path).
+    Works on numpy arrays and on torch tensors alike (differentiable for joint training).
     """
     if scaling not in SCALINGS:
         raise UserError(f"unknown probability scaling {scaling!r}: choose one of {', '.join(SCALINGS)}")
     combined: torch.Tensor | None = None
+    outcomes = 1
     for d in dists:
         p = torch.as_tensor(d, dtype=torch.float64)
+        outcomes *= p.numel()
         if scaling == "mean":
             p = p / p.mean().clamp_min(1e-300)
         combined = p if combined is None else torch.outer(combined, p).reshape(-1)
     if combined is None or combined.numel() < n_weights:
         raise UserError(f"combined distribution has {0 if combined is None else combined.numel()} values, "
                         f"target needs {n_weights}")
-    return combined[:n_weights].to(torch.float32)
-
-
-class WeightGenerator(nn.Module):
-    """The trainable classical part: MPS over (index bits, probability value) per weight."""
-
-    def __init__(self, n_weights: int, bond_dim: int, init_std: float = 1e-9) -> None:
-        super().__init__()
-        self.n_weights = n_weights
-        self.register_buffer("bits", index_bits(n_weights))
-        self.mps = MPSMapper(self.bits.shape[1] + 1, bond_dim, init_std)
-        self._plan = self.mps.plan_fixed(self.bits)
-
-    @property
-    def n_features(self) -> int:
-        return self.mps.n_inputs
-
-    def forward(self, combined: torch.Tensor) -> torch.Tensor:
-        """combined: (n_weights,) scaled probability values -> (n_weights,) weights."""
-        raw = self.mps.forward_planned(self._plan, combined.to(self.bits))
-        return raw - raw.mean()
-
-    def reference_forward(self, combined: torch.Tensor) -> torch.Tensor:
-        """Straightforward per-weight contraction (the paper's way); for tests and benchmarks."""
-        features = torch.cat([self.bits, combined.to(self.bits).unsqueeze(1)], dim=1)
-        raw = self.mps(features)
-        return raw - raw.mean()
+    values = combined[:n_weights]
+    if scaling == "qt":
+        values = (0.8 * torch.tanh(0.1 * (outcomes / 2) * values)) ** exponent
+        values = values - values.mean()
+    return values.to(torch.float32)

@@ -1,6 +1,7 @@
-"""Ablations: replace the photonic distributions fed to the MPS, everything else unchanged.
+"""Ablations: replace the circuits' distributions fed to the mapping model, everything else unchanged.
 
-- ``photonic``: the QNNs' distributions (Quantum-Train itself);
+- ``circuit`` (also called ``photonic``, its name before gate-based QNNs existed): the circuits'
+  distributions (Quantum-Train itself);
 - ``random-fixed``: one random vector per QNN, drawn once from the run's seed and kept;
 - ``random-redraw``: a fresh random vector at every forward pass (the paper's ablation, but
   keeping the real index bits, unlike the paper's code);
@@ -8,16 +9,18 @@
 
 Random vectors are uniform in [0, 1) and normalised like a distribution, so the mean scaling
 before the MPS treats them exactly as it treats photonic ones. The phases are still optimised
-(the objective simply does not depend on them), so runs cost the same and compare fairly.
+(the objective simply does not depend on them), so runs cost the same and compare fairly; under joint
+training they simply receive no gradient.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-DISTRIBUTION_SOURCES = ("photonic", "random-fixed", "random-redraw", "constant")
+DISTRIBUTION_SOURCES = ("circuit", "photonic", "random-fixed", "random-redraw", "constant")
 
 
 class DistributionSource:
@@ -35,9 +38,14 @@ class DistributionSource:
     def reseed(self, seed: int, round_index: int) -> None:
         self._redraw = np.random.default_rng([seed, round_index, 0x5EED])
 
-    def replace(self, photonic: list[np.ndarray]) -> list[np.ndarray]:
-        if self.kind == "photonic":
-            return photonic
+    @property
+    def redraws(self) -> bool:
+        """Whether every call gives a fresh vector (so it cannot be computed once per stage)."""
+        return self.kind == "random-redraw"
+
+    def replace(self, circuit: list[Any]) -> list[Any]:
+        if self.kind in ("circuit", "photonic"):
+            return circuit
         if self.kind == "random-fixed":
             return self._fixed
         if self.kind == "random-redraw":

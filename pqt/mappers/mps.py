@@ -1,4 +1,4 @@
-"""The MPS mapping model: (binary index of weight k, probability value) -> weight k.
+"""The photonic QT paper's mapping model: a matrix product state over (index bits, value) per weight.
 
 The paper's parameterisation (TorchMPS style): n input sites with the feature map
 x -> [x, 1 - x], open boundaries, the output site in the middle (n // 2 sites on its left), and
@@ -10,17 +10,22 @@ one trainable bias matrix per half added to every site matrix of that half:
 with fixed boundary vectors e_0. Parameters: n * 2 * chi^2 + chi^2 (O) + 2 * chi^2 (B) =
 31 chi^2 for the paper's n = 14 features. Initialisation starts near the identity (cores
 ~ N(0, init_std), biases and O = identity), so every weight starts at the same value.
+
+:class:`MPS` is the network over any n features; :class:`MPSMapper` is the mapping model, which
+feeds it each weight's fixed index bits and varying value and contracts it per distinct bit
+pattern (exact, and much cheaper than one chain of matrix products per weight).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from pqt.errors import UserError
+from pqt.mappers.base import Mapper
 
 
 @dataclass(frozen=True)
@@ -43,13 +48,22 @@ def mps_parameter_count(n_inputs: int, bond_dim: int) -> int:
     return (2 * n_inputs + 3) * bond_dim**2
 
 
-class MPSMapper(nn.Module):
+def _unique_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct rows and each row's index among them (zero columns: one distinct, empty row)."""
+    if rows.shape[1] == 0:
+        return rows[:1], torch.zeros(rows.shape[0], dtype=torch.long, device=rows.device)
+    return torch.unique(rows, dim=0, return_inverse=True)
+
+
+class MPS(nn.Module):
+    """The tensor network: n_inputs features (x -> [x, 1 - x] each) -> one output."""
+
     def __init__(self, n_inputs: int, bond_dim: int, init_std: float = 1e-9) -> None:
         super().__init__()
         if isinstance(bond_dim, bool) or int(bond_dim) != bond_dim or bond_dim < 1:
             raise UserError(f"bond dimension must be a whole number >= 1 (got {bond_dim!r})")
-        if n_inputs < 2:
-            raise UserError(f"the MPS needs at least 2 input features (got {n_inputs})")
+        if n_inputs < 1:
+            raise UserError(f"the MPS needs at least 1 input feature (got {n_inputs})")
         chi = int(bond_dim)
         self.bond_dim = chi
         self.n_inputs = n_inputs
@@ -74,8 +88,8 @@ class MPSMapper(nn.Module):
         """Plan for inputs ``cat([fixed, last])`` where only ``last`` (B,) will vary."""
         if fixed.shape[-1] != self.n_inputs - 1 or self.n_inputs - self.n_left < 1:
             raise ValueError(f"fixed features must have {self.n_inputs - 1} columns")
-        lu, li = torch.unique(fixed[:, : self.n_left], dim=0, return_inverse=True)
-        ru, ri = torch.unique(fixed[:, self.n_left :], dim=0, return_inverse=True)
+        lu, li = _unique_rows(fixed[:, : self.n_left])
+        ru, ri = _unique_rows(fixed[:, self.n_left :])
         return FixedSitesPlan(lu, li, ru, ri)
 
     def forward_planned(self, plan: FixedSitesPlan, last: torch.Tensor) -> torch.Tensor:
@@ -119,13 +133,38 @@ class MPSMapper(nn.Module):
         return (v * w).sum(-1)
 
 
-def index_bits(n_weights: int) -> torch.Tensor:
-    """Binary code of each weight index, most significant bit first, encoded as -1/+1.
 
-    ceil(log2 m) bits: 13 for the paper's 6,690 weights.
+class MPSMapper(Mapper):
+    """The MPS as a mapping model: (index bits, value) of each weight -> raw weight.
+
+    The bits never change, so the contraction plan (distinct bit patterns per half) is computed once
+    and kept in buffers (moved by ``.to(device)`` with everything else).
     """
-    n_bits = max(1, math.ceil(math.log2(n_weights)))
-    k = torch.arange(n_weights).unsqueeze(1)
-    shifts = torch.arange(n_bits - 1, -1, -1)
-    bits = (k >> shifts) & 1
-    return bits.float() * 2.0 - 1.0
+
+    kind = "mps"
+
+    def __init__(self, n_weights: int, bond_dim: int, init_std: float = 1e-9, inputs: str = "bits+value") -> None:
+        super().__init__(n_weights, inputs)
+        self.mps = MPS(self.n_features, bond_dim, init_std)
+        plan = self.mps.plan_fixed(self.bits)
+        for name in ("left_unique", "left_inverse", "right_unique", "right_inverse"):
+            self.register_buffer(f"plan_{name}", getattr(plan, name))
+
+    @property
+    def bond_dim(self) -> int:
+        return self.mps.bond_dim
+
+    @property
+    def plan(self) -> FixedSitesPlan:
+        return FixedSitesPlan(self.plan_left_unique, self.plan_left_inverse, self.plan_right_unique,
+                              self.plan_right_inverse)
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        return self.mps.forward_planned(self.plan, values.to(self.bits))
+
+    def reference_forward(self, values: torch.Tensor) -> torch.Tensor:
+        """Straightforward per-weight contraction (the paper's way); for tests and benchmarks."""
+        return self.mps(self.features(values))
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "bond_dim": self.bond_dim}

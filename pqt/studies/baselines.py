@@ -22,13 +22,9 @@ epoch, ``status`` "finished" at the end) and ``train.log``.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import math
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,77 +35,11 @@ from torch import nn
 
 from pqt.data import training_splits
 from pqt.errors import UserError
-from pqt.targets.networks import activation_fn, build_target, loss_and_accuracy, n_parameters
+from pqt.studies.baseline_config import BaselineConfig
+from pqt.targets import create_target, loss_and_accuracy, n_parameters
 from pqt.training import run_files
-from pqt.training.config import check_known_keys
 
-METHODS = ("classical", "weight-sharing", "pruning")
 _SHUFFLE_SALT, _MASK_SALT = 11, 12
-
-
-@dataclass
-class BaselineConfig:
-    method: str = "classical"
-    epochs: int = 50
-    lr: float = 1e-3
-    batch_size: int = 128
-    seed: int = 0
-    share_k: int | None = None  # weight-sharing: shared row vectors per layer
-    share_layers: tuple[str, ...] | None = None  # weight-sharing: layers to share (None = all)
-    keep_ratio: float | None = None  # pruning: fraction of each weight tensor kept
-    target: str = "paper-cnn"
-    activation: str = "none"
-    dataset: str = "partial-mnist"
-    data_dir: str | None = None
-    train_limit: int | None = None
-    test_limit: int | None = None
-    validation_size: int = 0  # hold out the last N training images for tuning (never tune on test)
-    device: str = "cpu"
-    threads: int | None = None
-
-    def validate(self) -> BaselineConfig:
-        if self.method not in METHODS:
-            raise UserError(f"unknown baseline method {self.method!r}: choose one of {', '.join(METHODS)}")
-        if isinstance(self.validation_size, bool) or not isinstance(self.validation_size, int) \
-                or self.validation_size < 0:
-            raise UserError(f"validation-size must be a whole number >= 0 (got {self.validation_size!r})")
-        for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"{name.replace('_', '-')} must be a whole number >= 1 (got {value!r})")
-        if not self.lr > 0:
-            raise UserError(f"lr must be > 0 (got {self.lr!r})")
-        if self.method == "weight-sharing":
-            k = self.share_k
-            if k is None or isinstance(k, bool) or not isinstance(k, int) or k < 1:
-                raise UserError(f"weight-sharing needs share-k, a whole number >= 1 (got {k!r})")
-        elif self.share_k is not None or self.share_layers is not None:
-            raise UserError(f"share-k / share-layers apply to --method weight-sharing only (method is "
-                            f"{self.method!r})")
-        if self.method == "pruning":
-            r = self.keep_ratio
-            if r is None or isinstance(r, bool) or not isinstance(r, int | float) or not 0 < r <= 1:
-                raise UserError(f"pruning needs keep-ratio in (0, 1] (got {r!r})")
-        elif self.keep_ratio is not None:
-            raise UserError(f"keep-ratio applies to --method pruning only (method is {self.method!r})")
-        activation_fn(self.activation)
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BaselineConfig:
-        check_known_keys(cls, data, "baseline")
-        data = dict(data)
-        layers = data.get("share_layers")
-        if isinstance(layers, str):
-            data["share_layers"] = (layers,)
-        elif layers is not None:
-            data["share_layers"] = tuple(str(v) for v in layers)
-        if isinstance(data.get("keep_ratio"), int) and not isinstance(data["keep_ratio"], bool):
-            data["keep_ratio"] = float(data["keep_ratio"])
-        return cls(**data)
 
 
 def _weight_layers(target: nn.Module) -> list[str]:
@@ -189,7 +119,10 @@ class BaselineNet(nn.Module):
 
 def trainable_count(config: BaselineConfig) -> int:
     """Exact trainable parameter count of a baseline configuration (no training, no data)."""
-    return BaselineNet(build_target(config.target, config.activation), config.validate()).trainable_parameters()
+    from pqt.data import input_shape_of
+
+    target = create_target(config.target, input_shape_of(config.dataset), config.activation)
+    return BaselineNet(target, config.validate()).trainable_parameters()
 
 
 # --------------------------------------------------------------------------- training
@@ -208,7 +141,7 @@ class BaselineTrainer:
         self.train_set, self.validation_set, self.test_set = training_splits(
             config.dataset, config.data_dir, config.train_limit, config.test_limit, config.validation_size)
         torch.manual_seed(config.seed)  # the target's default initialisation
-        target = build_target(config.target, config.activation)
+        target = create_target(config.target, self.train_set.input_shape, config.activation)
         self.target_parameters = n_parameters(target)
         self.net = BaselineNet(target, config).to(self.device)
         self.adam = torch.optim.Adam(self.net.free.parameters(), lr=config.lr)
@@ -346,75 +279,3 @@ def run_baseline(config: BaselineConfig, out_dir: str | Path, *, log: Callable[[
             f"{trainer.target_parameters} weights")
     run_files.write_json(out / run_files.CONFIG, config.to_dict())
     return trainer.run()
-
-
-# --------------------------------------------------------------------------- CLI
-
-_FLAGS: list[tuple[str, str, Any, str]] = [
-    ("--epochs", "epochs", int, "training epochs"),
-    ("--lr", "lr", float, "Adam learning rate"),
-    ("--batch-size", "batch_size", int, "batch size"),
-    ("--seed", "seed", int, "random seed (initialisation, pruning mask, shuffling)"),
-    ("--share-k", "share_k", int, "weight-sharing: shared row vectors per layer"),
-    ("--keep-ratio", "keep_ratio", float, "pruning: fraction of each weight tensor kept, in (0, 1]"),
-    ("--activation", "activation", str, "target activation: none (paper), relu, tanh, gelu"),
-    ("--dataset", "dataset", str, "mnist, fashion-mnist, perceval-quest or partial-mnist"),
-    ("--data-dir", "data_dir", str, "folder holding the data (else PQT_DATA_DIR, else ../shared/data)"),
-    ("--train-limit", "train_limit", int, "use only the first N training images"),
-    ("--test-limit", "test_limit", int, "use only the first N test images"),
-    ("--validation-size", "validation_size", int, "hold out the last N training images as a validation set"),
-    ("--device", "device", str, "torch device (cpu, cuda)"),
-    ("--threads", "threads", int, "torch threads (default: torch's choice)"),
-]
-
-
-def _cmd_baseline(args: argparse.Namespace) -> int:
-    from pqt.training.config import load_config_file
-
-    data: dict[str, Any] = load_config_file(args.config) if args.config else {}
-    for _, key, _, _ in _FLAGS:
-        if hasattr(args, key):
-            data[key] = getattr(args, key)
-    if args.method is not None:
-        data["method"] = args.method
-    if getattr(args, "share_layers", None) is not None:
-        data["share_layers"] = args.share_layers
-    config = BaselineConfig.from_dict(data).validate()
-    out = Path(args.out) if args.out else Path("runs") / f"baseline-{config.method}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if args.count_only:
-        print(trainable_count(config))
-        return 0
-    from pqt.studies.sweep import inspect_run
-
-    if inspect_run(out, "baseline", config.to_dict())[0] == "finished":
-        print(f"{out} already holds this finished run; nothing to do")
-        return 0
-    try:
-        metrics = run_baseline(config, out)
-    except KeyboardInterrupt:
-        print(f"pqt: interrupted; finished epochs are kept in {out}; run the same command again to continue",
-              file=sys.stderr)
-        return 130
-    print(f"done: test accuracy {100 * metrics['test_accuracy']:.2f}% with {metrics['trainable_parameters']} "
-          f"trainable parameters after {metrics['epochs_completed']} epochs in {metrics['wall_seconds']:.0f}s; "
-          f"metrics in {out / run_files.METRICS}")
-    return 0
-
-
-def add_baseline_parser(sub: Any) -> None:
-    """Register ``pqt baseline`` on the CLI's subparsers object."""
-    defaults = BaselineConfig()
-    p = sub.add_parser("baseline", help="train a classical baseline (paper Table 4): classical, weight-sharing, "
-                                        "pruning")
-    p.add_argument("--method", choices=METHODS, default=None, help="baseline method (default: classical)")
-    p.add_argument("--config", help="JSON or TOML file of baseline keys; flags override it")
-    for flag, key, typ, text in _FLAGS:
-        p.add_argument(flag, dest=key, type=typ, default=argparse.SUPPRESS,
-                       help=f"{text} (default: {getattr(defaults, key)})")
-    p.add_argument("--share-layers", nargs="+", default=None,
-                   help="weight-sharing: layers to share (default: all weight layers: conv1 conv2 fc1 fc2)")
-    p.add_argument("--out", help="run directory (default: runs/baseline-<method>-<timestamp>); an existing "
-                                 "unfinished run there is resumed, a finished one skipped")
-    p.add_argument("--count-only", action="store_true", help="print the exact trainable parameter count and stop")
-    p.set_defaults(func=_cmd_baseline)
-

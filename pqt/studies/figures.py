@@ -25,7 +25,6 @@ the paper's points sit at the paper's own count, 31 chi^2 + 192.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import re
@@ -350,18 +349,3 @@ def make_figures(results: str | Path = "experiments/results", out: str | Path = 
     figs.noise()
     figs.optimizers()
     return figs.written
-
-
-def _cmd_figures(args: argparse.Namespace) -> int:
-    written = make_figures(args.results, args.out)
-    print(f"{len(written)} figure(s) in {args.out}")
-    return 0
-
-
-def add_figures_parser(sub: Any) -> None:
-    """Register ``pqt figures`` on the CLI's subparsers object."""
-    p = sub.add_parser("figures", help="draw the paper-style figures (PNG) from the sweep result tables")
-    p.add_argument("--results", default="experiments/results", help="folder of the result tables "
-                                                                    "(default: experiments/results)")
-    p.add_argument("--out", default="experiments/figures", help="folder for the PNGs (default: experiments/figures)")
-    p.set_defaults(func=_cmd_figures)

@@ -35,7 +35,6 @@ evaluations) for the training-curve figures.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
 import itertools
@@ -371,7 +370,7 @@ def read_error(run_dir: Path) -> str | None:
 
 
 def _run_qt(config: dict[str, Any], run_dir: Path, resume: bool, progress: Callable[[float], None]) -> None:
-    from pqt.circuits.photonic import restore_sigint
+    from pqt.interrupts import restore_sigint
     from pqt.training.config import TrainConfig
     from pqt.training.trainer import Trainer
 
@@ -390,7 +389,8 @@ def _run_qt(config: dict[str, Any], run_dir: Path, resume: bool, progress: Calla
         trainer.load()
         log(f"pqt sweep: resuming after round {trainer.state.round} of {cfg.rounds}")
     else:
-        log(f"pqt sweep: starting chi={cfg.bond_dim} seed={cfg.seed} ({cfg.rounds} rounds)")
+        log(f"pqt sweep: starting {cfg.generator} generator, {cfg.mapper_kind} mapper, seed {cfg.seed} "
+            f"({cfg.rounds} rounds)")
     run_files.write_json(run_dir / run_files.CONFIG, cfg.to_dict())
     trainer.run()
 
@@ -860,7 +860,7 @@ def describe_plan(study: Study, out: str | Path = DEFAULT_OUT) -> list[str]:
             state, detail = "invalid", str(e)
         counts[state] += 1
         if state in ("new", "resume") and study.kind == "qt":
-            from pqt.training.trainer import plan_run
+            from pqt.training.accounting import plan_run
 
             plan = plan_run(config)
             remaining = 1.0
@@ -876,49 +876,3 @@ def describe_plan(study: Study, out: str | Path = DEFAULT_OUT) -> list[str]:
     if study.kind == "qt":
         tail.append(f"circuit evaluations still to do: <= {evaluations:,}; shots: <= {shots:,} (upper bounds)")
     return [head, *lines, *tail]
-
-
-def _cmd_sweep(args: argparse.Namespace) -> int:
-    study = load_study(args.study, args.set or [])
-    out = Path(args.out) if args.out else DEFAULT_OUT
-    if args.results:
-        results = Path(args.results)
-    elif args.set:  # a study changed on the command line must not overwrite the real tables
-        results = out / study.name / "results"
-    else:
-        results = DEFAULT_RESULTS
-    if args.dry_run:
-        print("\n".join(describe_plan(study, out)))
-        return 0
-    if args.aggregate_only:
-        files = aggregate(study, out, results)
-        print(f"results: {', '.join(str(f) for f in files)}")
-        return 0
-    outcome = run_sweep(study, out, args.jobs, results)
-    busy = f", {len(outcome.busy)} busy elsewhere" if outcome.busy else ""
-    print(f"{len(outcome.finished)} run(s) finished now, {len(outcome.skipped)} already finished, "
-          f"{len(outcome.failed)} failed{busy}; results: {', '.join(str(f) for f in outcome.result_files)}")
-    for name, message in outcome.failed.items():
-        print(f"  failed: {name}: {message}", file=sys.stderr)
-    if outcome.interrupted:
-        print(f"pqt: interrupted; finished runs and checkpoints are kept in {out / study.name}; run the same "
-              "command again to continue", file=sys.stderr)
-        return 130
-    return 1 if outcome.failed else 0
-
-
-def add_sweep_parser(sub: Any) -> None:
-    """Register ``pqt sweep`` on the CLI's subparsers object."""
-    p = sub.add_parser("sweep", help="run a study (grid of runs) from a TOML file and aggregate its tables")
-    p.add_argument("study", help="study TOML file (see experiments/README.md)")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="runs in parallel, each in its own process with cores/jobs torch threads (default: 1)")
-    p.add_argument("--out", help=f"root of the run directories (default: {DEFAULT_OUT})")
-    p.add_argument("--results", help=f"folder of the result tables (default: {DEFAULT_RESULTS}; with --set: "
-                                      "OUT/<name>/results)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a setting (TOML value); on a grid key it keeps only the given value(s); "
-                        "repeatable. The protocol label records the overrides")
-    p.add_argument("--dry-run", action="store_true", help="list the runs and what would happen to each, then stop")
-    p.add_argument("--aggregate-only", action="store_true", help="only rewrite the result tables from the runs")
-    p.set_defaults(func=_cmd_sweep)

@@ -1,17 +1,23 @@
-"""The classical network whose weights the photonic QNNs generate.
+"""The built-in target networks: the classical networks whose weights Quantum-Train generates.
 
-Any ``nn.Module`` can be a target: :func:`functional_forward` runs it with a flat
-vector of generated weights through ``torch.func.functional_call``, so the module's
-own parameters are never trained or touched.
+- ``paper-cnn``: both papers' MNIST / Fashion-MNIST CNN, 6,690 weights, no activation (their code).
+- ``cifar-cnn``: the gate-based QT paper's CIFAR-10 CNN, 285,226 weights.
+- ``mlp``: a small two-layer perceptron for any image size (6,370 weights on 28x28 images).
+
+Each is registered by name (:mod:`pqt.targets.registry`); a user's own module is picked with
+``--target module:callable``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pqt.targets.registry import register_target
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "none": lambda x: x,  # the paper's code: no activation anywhere
@@ -27,16 +33,14 @@ def activation_fn(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     try:
         return ACTIVATIONS[name]
     except KeyError:
-        raise UserError(
-            f"unknown activation {name!r}: choose one of {', '.join(ACTIVATIONS)}"
-        ) from None
+        raise UserError(f"unknown activation {name!r}: choose one of {', '.join(ACTIVATIONS)}") from None
 
 
 class PaperCNN(nn.Module):
-    """The paper's MNIST CNN: 6,690 parameters.
+    """The papers' MNIST CNN: 6,690 parameters.
 
     Conv(1->8, k5) -> MaxPool2 -> Conv(8->12, k5) -> MaxPool2 -> Linear(192->20) -> Linear(20->10).
-    ``activation`` is applied after each conv block and after fc1; the paper uses none.
+    ``activation`` is applied after each conv block and after fc1; the papers' code uses none.
     """
 
     def __init__(self, activation: str = "none") -> None:
@@ -55,48 +59,59 @@ class PaperCNN(nn.Module):
         return self.fc2(x)
 
 
-def n_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+class CifarCNN(nn.Module):
+    """The gate-based QT paper's CIFAR-10 CNN: 285,226 parameters.
 
-
-def unflatten(module: nn.Module, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Split a flat weight vector into the module's parameters, in ``named_parameters`` order.
-
-    That is ``state_dict`` order for plain modules (conv1.weight, conv1.bias, conv2.weight, ...),
-    the order the paper's code fills its CNN in.
+    Conv(3->16, k5, pad 2) -> MaxPool2 -> Conv(16->32, k5, pad 2) -> MaxPool2 -> 2048-128 -> 128-64 -> 64-10
+    (the paper gives "(Conv, max_pooling)*2, 2048-128, 128-64, 64-10"; this layer list reproduces its
+    285,226 exactly). ``activation`` follows each conv block and hidden linear layer.
     """
-    params: dict[str, torch.Tensor] = {}
-    offset = 0
-    for name, p in module.named_parameters():
-        params[name] = flat[offset : offset + p.numel()].view_as(p)
-        offset += p.numel()
-    if offset != flat.numel():
-        raise ValueError(f"flat weight vector has {flat.numel()} values, target needs {offset}")
-    return params
+
+    def __init__(self, activation: str = "relu") -> None:
+        super().__init__()
+        self.activation = activation
+        self._act = activation_fn(activation)
+        self.conv1 = nn.Conv2d(3, 16, kernel_size=5, padding=2)
+        self.conv2 = nn.Conv2d(16, 32, kernel_size=5, padding=2)
+        self.fc1 = nn.Linear(32 * 8 * 8, 128)
+        self.fc2 = nn.Linear(128, 64)
+        self.fc3 = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._act(F.max_pool2d(self.conv1(x), 2))
+        x = self._act(F.max_pool2d(self.conv2(x), 2))
+        x = self._act(self.fc1(x.flatten(1)))
+        x = self._act(self.fc2(x))
+        return self.fc3(x)
 
 
-def functional_forward(module: nn.Module, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Run ``module`` on ``x`` with its parameters replaced by the generated ``flat`` weights."""
-    return torch.func.functional_call(module, unflatten(module, flat), (x,))
+class SmallMLP(nn.Module):
+    """Flatten -> Linear(pixels, hidden) -> activation -> Linear(hidden, 10)."""
+
+    def __init__(self, in_features: int = 784, hidden: int = 8, activation: str = "relu") -> None:
+        super().__init__()
+        self.activation = activation
+        self._act = activation_fn(activation)
+        self.fc1 = nn.Linear(in_features, hidden)
+        self.fc2 = nn.Linear(hidden, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self._act(self.fc1(x.flatten(1))))
 
 
-@torch.inference_mode()
-def loss_and_accuracy(forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, labels: torch.Tensor,
-                      device: torch.device | str = "cpu", chunk: int = 2000) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of ``forward`` (images -> logits) over a dataset, in chunks."""
-    total_loss, correct = 0.0, 0
-    for start in range(0, len(labels), chunk):
-        x = images[start : start + chunk].to(device)
-        y = labels[start : start + chunk].to(device)
-        logits = forward(x)
-        total_loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-    return total_loss / len(labels), correct / len(labels)
+@register_target("paper-cnn", input_shape=(1, 28, 28), default_activation="none",
+                 description="the papers' MNIST CNN, 6,690 weights")
+def paper_cnn(input_shape: tuple[int, ...], activation: str) -> nn.Module:
+    return PaperCNN(activation)
 
 
-def build_target(name: str = "paper-cnn", activation: str = "none") -> nn.Module:
-    from pqt.errors import UserError
+@register_target("cifar-cnn", input_shape=(3, 32, 32), default_activation="relu",
+                 description="the gate-based QT paper's CIFAR-10 CNN, 285,226 weights")
+def cifar_cnn(input_shape: tuple[int, ...], activation: str) -> nn.Module:
+    return CifarCNN(activation)
 
-    if name == "paper-cnn":
-        return PaperCNN(activation)
-    raise UserError(f"unknown target {name!r}: the built-in target is 'paper-cnn'")
+
+@register_target("mlp", input_shape=None, default_activation="relu",
+                 description="a small perceptron, pixels-8-10 (6,370 weights on 28x28 images)")
+def small_mlp(input_shape: tuple[int, ...], activation: str) -> nn.Module:
+    return SmallMLP(math.prod(input_shape), 8, activation)

@@ -1,13 +1,18 @@
 """Run configuration: every training setting, a CLI flag and a key in the recorded config file.
 
-A run records ``config.json`` in its output directory; ``pqt train --config FILE`` reads the
-same keys (JSON or TOML), and command-line flags override the file.
+Each field of :class:`TrainConfig` carries its flag's metadata (:func:`setting`): help text, the
+``--help`` group, allowed choices or numeric range. The CLI builds its flags from it and
+:meth:`TrainConfig.validate` checks config files against the same ranges, so a bad value gets the
+same one-line error whether it came from a flag or a file. A run records ``config.json`` in its
+output directory; ``pqt train --config FILE`` reads the same keys (JSON or TOML), and flags override
+the file.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,74 +22,165 @@ from pqt.errors import UserError
 
 DEFAULT_SHOTS = 10_000  # shots per circuit evaluation when training shot-based (the default)
 
+# --help groups, in display order.
+GROUPS = {
+    "data": "data",
+    "generator": "generator: circuits and how their distributions become values",
+    "mapper": "mapping model",
+    "target": "target network",
+    "training": "training (Adam)",
+    "phase": "circuit-parameter optimiser",
+    "backend": "backend (where the circuits run)",
+    "run": "run",
+}
+
+GENERATOR_DEFAULTS = {  # each paper's own choices, used when --mapper / --scaling are not given
+    "photonic": {"mapper": "mps", "scaling": "mean"},
+    "qubit": {"mapper": "mlp", "scaling": "qt"},
+}
+LR_SCHEDULES = ("constant", "cosine", "plateau")
+
+
+def setting(default: Any, help: str, *, group: str, flag: str | None = None, choices: tuple[str, ...] | None = None,
+            low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False,
+            metavar: str | None = None, nargs: str | None = None, default_text: str | None = None,
+            hint: str = "", label: str | None = None, cli: bool = True) -> Any:
+    """A dataclass field with the metadata its CLI flag and its validation need.
+
+    ``label`` names the setting in errors (default: the help text's first phrase); ``hint`` is added to
+    a range error (what to do instead).
+    """
+    meta = {"help": help, "group": group, "flag": flag, "choices": choices, "low": low, "high": high,
+            "low_open": low_open, "high_open": high_open, "metavar": metavar, "nargs": nargs,
+            "default_text": default_text, "hint": hint, "label": label, "cli": cli}
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
 
 @dataclass
 class TrainConfig:
-    # photonic QNNs: (modes, photons) each; input modes default to evenly spaced photons
-    qnn_modes: tuple[int, ...] = (9, 8)
-    qnn_photons: tuple[int, ...] = (4, 4)
-    backend: str = "slos"
-    shots: int | None = DEFAULT_SHOTS  # None = exact probabilities
-    max_shots: int | None = None  # total shot budget of the run
-    backend_options: dict[str, Any] = field(default_factory=dict)
-    # mapping model and target
-    bond_dim: int = 4
-    mps_init_std: float = 1e-9
-    scaling: str = "mean"
-    # ablation: where the MPS's probability values come from (see pqt.training.trainer.DISTRIBUTION_SOURCES)
-    distribution_source: str = "photonic"
-    target: str = "paper-cnn"
-    activation: str = "none"
-    # training, as the paper
-    rounds: int = 200
-    adam_epochs: int = 5
-    adam_lr: float = 1e-3
-    lr_schedule: str = "constant"  # constant (paper) or cosine: decay to 0 over the whole run
-    batch_size: int = 128
-    phase_optimizer: str = "cobyla"
-    phase_batch: int = 1000  # images in the phase optimizer's objective (fixed during one call)
-    cobyla_maxiter: int = 1000
-    cobyla_rhobeg: float = 1.0
-    spsa_iterations: int = 100
-    spsa_a: float = 0.2
-    spsa_c: float = 0.1
-    spsa_alpha: float = 0.602
-    spsa_gamma: float = 0.101
-    phase_lr: float = 1e-2  # exact-gradient: Adam learning rate of the phases
-    # data
-    dataset: str = "partial-mnist"
-    data_dir: str | None = None
-    train_limit: int | None = None  # use only the first N training images (quick checks)
-    test_limit: int | None = None
-    validation_size: int = 0  # hold out the last N training images for tuning (never tune on test)
-    # run
-    seed: int = 0
-    device: str = "cpu"
-    threads: int | None = None
+    # ---- data
+    dataset: str = setting("partial-mnist", "dataset", group="data",
+                           choices=("partial-mnist", "mnist", "fashion-mnist", "perceval-quest", "cifar-10"))
+    data_dir: str | None = setting(None, "data folder", group="data", metavar="DIR",
+                                   default_text="PQT_DATA_DIR, else ../shared/data")
+    train_limit: int | None = setting(None, "use only the first N training images", group="data", low=1,
+                                      metavar="N", default_text="all", label="the training image count")
+    test_limit: int | None = setting(None, "use only the first N test images", group="data", low=1, metavar="N",
+                                     default_text="all", label="the test image count")
+    validation_size: int = setting(0, "hold out the last N training images for tuning (never tune on test)",
+                                   group="data", low=0, metavar="N", label="the validation image count")
+    # ---- generator
+    generator: str = setting("photonic", "photonic interferometers (Liu & Chen 2025) or a gate-based QNN "
+                             "(Liu et al. 2024)", group="generator", choices=("photonic", "qubit"))
+    qnn_modes: tuple[int, ...] = setting((9, 8), "photonic: modes of each interferometer", group="generator",
+                                         flag="--modes", low=2, nargs="+", metavar="M")
+    qnn_photons: tuple[int, ...] = setting((4, 4), "photonic: photons of each interferometer", group="generator",
+                                           flag="--photons", low=1, nargs="+", metavar="N")
+    qubits: int | None = setting(None, "qubit: qubits N", group="generator", low=1, high=26, metavar="N",
+                                 default_text="ceil(log2 weights)")
+    blocks: int = setting(16, "qubit: blocks L of (Ry on every qubit, CNOT ring)", group="generator", low=1,
+                          metavar="L")
+    scaling: str | None = setting(None, "probability scaling: mean (photonic paper), qt (gate-based paper), none",
+                                  group="generator", choices=("mean", "qt", "none"),
+                                  default_text="mean for photonic, qt for qubit")
+    scaling_exponent: float = setting(0.3, "exponent of the qt scaling", group="generator", low=0, low_open=True)
+    distribution_source: str = setting(
+        "circuit", "ablation: feed the mapper the circuits' distributions (circuit; 'photonic' is an alias), one "
+        "random vector (random-fixed), a fresh one every step (random-redraw) or a constant", group="generator",
+        choices=("circuit", "photonic", "random-fixed", "random-redraw", "constant"))
+    # ---- mapping model
+    mapper: str | None = setting(None, "mapping model: mps (photonic paper) or mlp (gate-based paper)",
+                                 group="mapper", choices=("mps", "mlp"), default_text="mps for photonic, mlp for qubit")
+    mapper_inputs: str = setting("bits+value", "what the mapper sees per weight: its index bits and value "
+                                 "(both papers) or the value alone", group="mapper", choices=("bits+value", "value"))
+    bond_dim: int = setting(4, "mps: bond dimension chi", group="mapper", low=1, metavar="CHI")
+    mps_init_std: float = setting(1e-9, "mps: std of the core initialisation", group="mapper", low=0,
+                                  metavar="STD")
+    mlp_widths: tuple[int, ...] = setting((4, 20, 4), "mlp: hidden layer widths", group="mapper", low=1,
+                                          nargs="+", metavar="W")
+    mlp_activation: str = setting("none", "mlp: activation; the paper's code uses none, its text tanh after "
+                                  "the first layer", group="mapper", choices=("none", "tanh", "tanh-all"))
+    # ---- target
+    target: str = setting("paper-cnn", "target network: paper-cnn, cifar-cnn, mlp, or module:callable for your "
+                          "own nn.Module", group="target", metavar="NAME")
+    activation: str | None = setting(None, "activation of a built-in target", group="target",
+                                     choices=("none", "relu", "tanh", "gelu"),
+                                     default_text="the target's own: none for paper-cnn")
+    fast_path: bool = setting(True, "use the specialised paper-CNN paths on CPU (off: --no-fast-path)",
+                              group="target", cli=False)
+    # ---- training
+    rounds: int = setting(200, "rounds (each: Adam epochs, then one phase-optimiser call)", group="training",
+                          low=1)
+    adam_epochs: int = setting(5, "Adam epochs on the mapper per round", group="training", low=0)
+    adam_lr: float = setting(1e-3, "Adam learning rate", group="training", low=0, low_open=True, metavar="LR")
+    weight_decay: float = setting(0.0, "Adam weight decay (the QT paper's code: 1e-5)", group="training", low=0)
+    lr_schedule: str = setting("constant", "learning rates: constant (paper), cosine decay over the run, or "
+                               "halved on a training-loss plateau", group="training", choices=LR_SCHEDULES)
+    plateau_factor: float = setting(0.5, "plateau: factor the rates are multiplied by", group="training", low=0,
+                                    high=1, low_open=True, high_open=True)
+    plateau_patience: int = setting(5, "plateau: rounds without improvement before reducing", group="training",
+                                    low=0)
+    batch_size: int = setting(128, "Adam batch size", group="training", low=1)
+    seed: int = setting(0, "random seed", group="training", low=0)
+    # ---- circuit-parameter optimiser
+    phase_optimizer: str = setting("cobyla", "cobyla (paper), spsa, or exact-gradient (joint training by "
+                                   "backpropagation through the exact simulation)", group="phase",
+                                   choices=("cobyla", "spsa", "exact-gradient"), label="phase optimizer")
+    phase_batch: int = setting(1000, "training images in the optimiser's objective (fixed per call)",
+                               group="phase", low=1, metavar="N")
+    cobyla_maxiter: int = setting(1000, "cobyla: objective evaluations per round", group="phase", low=1,
+                                  metavar="N")
+    cobyla_rhobeg: float = setting(1.0, "cobyla: initial step", group="phase", low=0, low_open=True)
+    spsa_iterations: int = setting(100, "spsa: steps per round (2 evaluations each)", group="phase", low=1,
+                                   metavar="N")
+    spsa_a: float = setting(0.2, "spsa: step-size gain a", group="phase", low=0, low_open=True)
+    spsa_c: float = setting(0.1, "spsa: perturbation size c", group="phase", low=0, low_open=True)
+    spsa_alpha: float = setting(0.602, "spsa: step-size decay exponent", group="phase", low=0)
+    spsa_gamma: float = setting(0.101, "spsa: perturbation decay exponent", group="phase", low=0)
+    phase_lr: float = setting(1e-2, "exact-gradient: Adam learning rate of the circuit parameters",
+                              group="phase", low=0, low_open=True, metavar="LR")
+    # ---- backend
+    backend: str = setting("slos", "where the circuits run", group="backend", choices=("slos", "noisy", "remote"))
+    shots: int | None = setting(DEFAULT_SHOTS, "shots per circuit evaluation, or 'exact'", group="backend",
+                                low=1, metavar="N|exact", hint="; use --shots exact for exact probabilities")
+    max_shots: int | None = setting(None, "total shot budget; the run stops cleanly before exceeding it",
+                                    group="backend", low=1, metavar="N", default_text="no limit")
+    backend_options: dict[str, Any] = setting({}, "backend settings", group="backend", cli=False)
+    # ---- run
+    device: str = setting("cpu", "torch device of the mapper and target (cpu, cuda, cuda:1, ...)", group="run")
+    threads: int | None = setting(None, "torch threads", group="run", low=1, default_text="torch's choice")
+
+    # ---- derived ----------------------------------------------------------------------------------------
+    @property
+    def mapper_kind(self) -> str:
+        return self.mapper or GENERATOR_DEFAULTS[self.generator]["mapper"]
+
+    @property
+    def scaling_kind(self) -> str:
+        return self.scaling or GENERATOR_DEFAULTS[self.generator]["scaling"]
+
+    @property
+    def uses_circuit(self) -> bool:
+        """Whether the mapper is fed the circuits' distributions (not an ablation source)."""
+        return self.distribution_source in ("circuit", "photonic")
 
     def validate(self) -> TrainConfig:
-        if len(self.qnn_modes) != len(self.qnn_photons) or not self.qnn_modes:
-            raise UserError("give one photon number per QNN (--modes 9 8 --photons 4 4)")
-        for modes, photons in zip(self.qnn_modes, self.qnn_photons, strict=True):
-            if photons > modes:
-                raise UserError(f"{photons} photons do not fit in {modes} modes collision-free: use at most "
-                                f"{modes} photons or at least {photons} modes per QNN")
-        if isinstance(self.bond_dim, bool) or int(self.bond_dim) != self.bond_dim or self.bond_dim < 1:
-            raise UserError(f"bond dimension must be a whole number >= 1 (got {self.bond_dim!r})")
-        if self.shots is not None and (int(self.shots) != self.shots or self.shots < 1):
-            raise UserError(f"shots must be >= 1 (got {self.shots}); use --shots exact for exact probabilities")
-        for name in ("rounds", "batch_size", "phase_batch", "cobyla_maxiter", "spsa_iterations"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
-        from pqt.distributions.sources import DISTRIBUTION_SOURCES
-
-        if self.distribution_source not in DISTRIBUTION_SOURCES:
-            raise UserError(f"unknown distribution source {self.distribution_source!r}: choose one of "
-                            f"{', '.join(DISTRIBUTION_SOURCES)}")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise UserError(f"unknown lr schedule {self.lr_schedule!r}: choose constant or cosine")
-        if self.adam_epochs < 0:
-            raise UserError(f"adam-epochs must be >= 0 (got {self.adam_epochs})")
+        for f in dataclasses.fields(self):
+            check_setting(f, getattr(self, f.name))
+        if self.generator == "photonic":
+            if len(self.qnn_modes) != len(self.qnn_photons) or not self.qnn_modes:
+                raise UserError("give one photon number per photonic QNN (--modes 9 8 --photons 4 4)")
+            for modes, photons in zip(self.qnn_modes, self.qnn_photons, strict=True):
+                if photons > modes:
+                    raise UserError(f"{photons} photons do not fit in {modes} modes collision-free: use at most "
+                                    f"{modes} photons or at least {photons} modes per QNN")
+        elif self.backend != "slos":
+            raise UserError(
+                f"a gate-based QNN runs on the local simulator only (--backend slos, exact or with --shots), not on "
+                f"the photonic backend {self.backend!r}: Perceval's qubit-to-photonic conversion needs 2 modes per "
+                "qubit plus heralded CNOTs, far beyond what can be simulated or run at 13 qubits")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,12 +190,80 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         check_known_keys(cls, data, "config")
         data = dict(data)
-        for key in ("qnn_modes", "qnn_photons"):
-            if key in data:
-                data[key] = tuple(int(v) for v in data[key])
+        for key in ("qnn_modes", "qnn_photons", "mlp_widths"):
+            if key in data and isinstance(data[key], list | tuple):
+                data[key] = tuple(data[key])
         if data.get("shots") == "exact":
             data["shots"] = None
         return cls(**data)
+
+
+def _allowed(meta: dict[str, Any]) -> str:
+    low, high = meta["low"], meta["high"]
+    if high is None:
+        return f"{'>' if meta['low_open'] else '>='} {low:g}"
+    return f"in {'(' if meta['low_open'] else '['}{low:g}, {high:g}{')' if meta['high_open'] else ']'}"
+
+
+def label(meta: dict[str, Any]) -> str:
+    """What a setting is, from its help text: "mps: bond dimension chi" -> "bond dimension chi"."""
+    if meta.get("label"):
+        return meta["label"]
+    text = meta["help"].split(";")[0].split(" (")[0].split(",")[0]
+    return text.split(": ", 1)[-1]
+
+
+def check_value(name: str, meta: dict[str, Any], value: Any, kind: type) -> Any:
+    """``value`` checked against the field's choices or range; a one-line UserError otherwise.
+
+    The message reads "--flag: what it is must be ... (got ...)".
+    """
+    flag = meta["flag"] or "--" + name.replace("_", "-")
+    if meta["choices"] is not None:
+        if value not in meta["choices"]:
+            raise UserError(f"{flag}: {label(meta)} must be one of {', '.join(meta['choices'])} (got {value!r})")
+        return value
+    if meta["low"] is None:
+        return value
+    bad = isinstance(value, bool) or not isinstance(value, int | float)
+    if kind is int and not bad and (isinstance(value, float) and not value.is_integer()):
+        bad = True
+    if not bad:
+        number = float(value)
+        low, high = meta["low"], meta["high"]
+        bad = not math.isfinite(number) or number < low or (meta["low_open"] and number == low)
+        bad = bad or (high is not None and (number > high or (meta["high_open"] and number == high)))
+    if bad:
+        what = "a whole number" if kind is int else "a number"
+        raise UserError(f"{flag}: {label(meta)} must be {what} {_allowed(meta)} (got {value!r}){meta['hint']}")
+    return value
+
+
+def field_kind(f: dataclasses.Field) -> type:
+    """int, float, str or bool: the scalar type of a field (of its items, for tuples)."""
+    text = str(f.type)
+    for kind in (bool, int, float):
+        if kind.__name__ in text.split("|")[0]:
+            return kind
+    return str
+
+
+def check_setting(f: dataclasses.Field, value: Any) -> None:
+    meta = f.metadata
+    if not meta or value is None:
+        return
+    kind = field_kind(f)
+    if meta["nargs"]:
+        if not isinstance(value, tuple | list) or not value:
+            raise UserError(f"{meta['flag'] or '--' + f.name.replace('_', '-')} needs one or more values "
+                            f"(got {value!r})")
+        for item in value:
+            check_value(f.name, meta, item, kind)
+    elif kind is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"config key {f.name} must be true or false (got {value!r})")
+    else:
+        check_value(f.name, meta, value, kind)
 
 
 def check_known_keys(cls: type, data: dict[str, Any], what: str) -> None:
@@ -119,5 +283,5 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         if path.suffix == ".toml":
             return tomllib.loads(path.read_text())
         return json.loads(path.read_text())
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"config file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {e}") from None

@@ -15,8 +15,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
@@ -48,11 +46,16 @@ def read_json(path: Path) -> Any:
 
 
 def save_torch(path: Path, obj: Any) -> None:
+    import torch
+
     _atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_torch(path: Path) -> Any:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """Load a run's .pt file with ``weights_only=True``: tensors and plain values, never pickled code."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def final_results(last: dict[str, Any]) -> dict[str, Any]:

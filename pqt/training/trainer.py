@@ -1,11 +1,16 @@
-"""The Quantum-Train loop, as the paper trains it.
+"""The one Quantum-Train training loop, for every generator (photonic, gate-based) and target.
 
-Each round: ``adam_epochs`` epochs of Adam on the MPS with the phases fixed (one pair of circuit
-evaluations serves the whole stage), then one call of the phase optimizer (COBYLA by default) on
-the phases with the MPS frozen, its objective the cross-entropy on a random batch of
-``phase_batch`` training images kept fixed for that call. After the round the network is
-generated once more from fresh circuit evaluations at the new phases: that network is evaluated,
-saved as ``model.pt``, and its distributions feed the next round's Adam stage.
+Each round: ``adam_epochs`` epochs of Adam on the mapping model with the circuit parameters fixed
+(one evaluation of the circuits serves the whole stage), then one call of the circuit-parameter
+optimiser (COBYLA by default, the photonic paper's alternation; gradient-free, as on hardware) with
+the mapper frozen, its objective the cross-entropy on a random batch of ``phase_batch`` training
+images kept fixed for that call. After the round the network is generated once more from fresh
+circuit evaluations at the new parameters: that network is evaluated, saved as ``model.pt``, and its
+distributions feed the next round's Adam stage.
+
+``phase_optimizer = "exact-gradient"`` is joint training instead (the gate-based paper's protocol):
+the circuits are simulated exactly and differentiably, and Adam trains their parameters together
+with the mapper at every step (``phase_lr``); rounds are then plain epochs.
 
 Reproducibility and resume: every random choice of round r (shuffling, the phase batch, shot
 sampling, SPSA perturbations) is drawn from streams seeded by (seed, r), and a checkpoint is
@@ -19,7 +24,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +35,16 @@ from tqdm import tqdm
 
 import backends
 from backends.base import Backend
-from pqt.circuits.photonic import PhotonicQNN
 from pqt.data import Dataset, training_splits
-from pqt.distributions.combine import WeightGenerator, check_outcome_capacity, combine_distributions
 from pqt.distributions.sources import DistributionSource
 from pqt.errors import UserError
-from pqt.targets.fast_forward import training_forward
-from pqt.targets.fast_loss import FixedBatchLoss
-from pqt.targets.networks import build_target, functional_forward, loss_and_accuracy, n_parameters, unflatten
+from pqt.generator import build_generator
+from pqt.targets import create_target, functional_forward, loss_and_accuracy, n_parameters, unflatten
+from pqt.targets.paper_cnn_fast import FixedBatchLoss, training_forward
 from pqt.training import run_files
 from pqt.training.accounting import parameter_report
 from pqt.training.config import TrainConfig
-from pqt.training.phase_optimizers import PhaseStep, check_phase_optimizer, run_cobyla, run_spsa
+from pqt.training.phase_optimizers import PhaseStep, run_cobyla, run_spsa
 
 # Salts that keep the per-round random streams independent of one another.
 _SHUFFLE, _PHASE_BATCH, _SPSA = 1, 2, 3
@@ -54,10 +57,16 @@ class TrainingDiverged(UserError):
 @dataclass
 class RunState:
     round: int  # rounds finished
-    phases: list[np.ndarray]
-    dists: list[np.ndarray] | None  # distributions at ``phases`` (feed the next Adam stage)
+    parameters: list[np.ndarray]  # circuit parameters, one vector per circuit
+    dists: list[np.ndarray] | None  # distributions at ``parameters`` (feed the next Adam stage)
     history: list[dict[str, Any]]
     wall_seconds: float
+    # lr_schedule "plateau": the rates' factor and the best training loss so far (checkpointed)
+    plateau: dict[str, float] = field(default_factory=lambda: {"factor": 1.0, "best": math.inf, "bad_rounds": 0})
+    # circuits simulated by the trainer itself (joint training), beside those a backend evaluated
+    simulated_evaluations: int = 0
+    # settings changed by `pqt train --resume`: [{"after_round": r, "changes": {key: [old, new]}}]
+    resumes: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _stream(seed: int, round_index: int, salt: int) -> np.random.Generator:
@@ -83,57 +92,52 @@ class Trainer:
         self.config = config.validate()
         self.out_dir = Path(out_dir)
         self.log = log
-        check_phase_optimizer(config.phase_optimizer)
         if config.threads:
             torch.set_num_threads(config.threads)
-        self.device = torch.device(config.device)
+        self.device = _device(config.device)
         self.train_set, self.validation_set, self.test_set = training_splits(
             config.dataset, config.data_dir, config.train_limit, config.test_limit, config.validation_size)
-        self.target = build_target(config.target, config.activation).to(self.device)
+        self.target = create_target(config.target, self.train_set.input_shape, config.activation).to(self.device)
         self.n_weights = n_parameters(self.target)
-        check_outcome_capacity(list(zip(config.qnn_modes, config.qnn_photons, strict=True)), self.n_weights)
-        self.qnns = [PhotonicQNN(m, n) for m, n in zip(config.qnn_modes, config.qnn_photons, strict=True)]
         self.backend: Backend = backends.create_backend(
             config.backend, shots=config.shots, seed=config.seed, max_shots=config.max_shots,
             run_dir=self.out_dir, options=config.backend_options)
-        if config.phase_optimizer == "exact-gradient" and not self.backend.supports_exact_gradient:
+        self.joint = config.phase_optimizer == "exact-gradient"
+        if self.joint and not self.backend.supports_exact_gradient:
             raise UserError(
                 "--phase-optimizer exact-gradient needs exact ideal simulation: use --backend slos --shots exact "
                 f"(got backend {config.backend!r}, shots {config.shots or 'exact'}); on shot-based, noisy or "
                 "remote backends use cobyla or spsa")
         torch.manual_seed(config.seed)
-        self.generator = WeightGenerator(self.n_weights, config.bond_dim, config.mps_init_std).to(self.device)
-        self.adam = torch.optim.Adam(self.generator.parameters(), lr=config.adam_lr)
+        self.generator = build_generator(config, self.n_weights).to(self.device)
+        self.circuits = self.generator.circuits
+        self.adam = torch.optim.Adam(self.generator.parameters(), lr=config.adam_lr, weight_decay=config.weight_decay)
         init_rng = np.random.default_rng([config.seed, 0xC0FFEE])
-        phases = [q.random_phases(init_rng) for q in self.qnns]
-        self.phase_params: torch.Tensor | None = None
-        self.phase_adam: torch.optim.Optimizer | None = None
-        if config.phase_optimizer == "exact-gradient":
-            self.phase_params = torch.nn.Parameter(torch.from_numpy(np.concatenate(phases)))
-            self.phase_adam = torch.optim.Adam([self.phase_params], lr=config.phase_lr)
-        self.source = DistributionSource(config.distribution_source, [q.n_outcomes for q in self.qnns],
+        parameters = self.generator.initial_parameters(init_rng)
+        # Joint training: the circuit parameters are a torch leaf trained by their own Adam.
+        self.circuit_params: torch.Tensor | None = None
+        self.circuit_adam: torch.optim.Optimizer | None = None
+        if self.joint:
+            self.circuit_params = torch.nn.Parameter(torch.from_numpy(np.concatenate(parameters)).to(self.device))
+            self.circuit_adam = torch.optim.Adam([self.circuit_params], lr=config.phase_lr,
+                                                 weight_decay=config.weight_decay)
+        self.source = DistributionSource(config.distribution_source, [c.n_outcomes for c in self.circuits],
                                          config.seed)
-        if config.distribution_source != "photonic" and config.phase_optimizer == "exact-gradient":
-            raise UserError("ablations replace the photonic distributions: use --phase-optimizer cobyla or spsa")
-        self.state = RunState(0, phases, None, [], 0.0)
-        self.report = parameter_report(config, self.qnns, self.target)
-
-    # ---- setup -------------------------------------------------------------------------------------
-    @property
-    def _split_sizes(self) -> list[int]:
-        return [q.n_parameters for q in self.qnns]
-
-    def _split(self, theta: np.ndarray) -> list[np.ndarray]:
-        return list(np.split(np.asarray(theta, dtype=np.float64), np.cumsum(self._split_sizes)[:-1]))
+        self.state = RunState(0, parameters, None, [], 0.0)
+        self.report = parameter_report(self.generator, self.target)
 
     # ---- checkpointing --------------------------------------------------------------------------------
     def save(self) -> None:
+        """Write checkpoint.pt: tensors and plain Python values only, loadable with weights_only=True."""
         s = self.state
         checkpoint = {
-            "round": s.round, "phases": s.phases, "dists": s.dists, "history": s.history,
-            "wall_seconds": s.wall_seconds, "generator": self.generator.state_dict(),
-            "adam": self.adam.state_dict(), "backend": self.backend.state_dict(),
-            "phase_adam": self.phase_adam.state_dict() if self.phase_adam else None,
+            "round": s.round, "circuit_parameters": [torch.from_numpy(np.asarray(p)) for p in s.parameters],
+            "dists": None if s.dists is None else [torch.from_numpy(np.asarray(d)) for d in s.dists],
+            "history": s.history, "wall_seconds": s.wall_seconds, "plateau": dict(s.plateau),
+            "simulated_evaluations": s.simulated_evaluations, "resumes": s.resumes,
+            "generator": self.generator.state_dict(), "adam": self.adam.state_dict(),
+            "backend": self.backend.state_dict(),
+            "circuit_adam": self.circuit_adam.state_dict() if self.circuit_adam else None,
             "config": self.config.to_dict(),
         }
         run_files.save_torch(self.out_dir / run_files.CHECKPOINT, checkpoint)
@@ -142,42 +146,56 @@ class Trainer:
         path = self.out_dir / run_files.CHECKPOINT
         try:
             ck = run_files.load_torch(path)
-        except Exception as e:  # a damaged file: name it, no traceback
-            raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}); it is damaged: start a new run "
-                            "with --out DIR") from None
-        self.state = RunState(ck["round"], [np.asarray(p) for p in ck["phases"]],
-                              None if ck["dists"] is None else [np.asarray(d) for d in ck["dists"]],
-                              ck["history"], ck["wall_seconds"])
-        self.generator.load_state_dict(ck["generator"])
-        self.adam.load_state_dict(ck["adam"])
-        self.backend.load_state_dict(ck["backend"])
-        if self.phase_adam is not None and ck["phase_adam"] is not None:
-            with torch.no_grad():
-                self.phase_params.copy_(torch.from_numpy(np.concatenate(self.state.phases)))
-            self.phase_adam.load_state_dict(ck["phase_adam"])
+            self.state = RunState(
+                ck["round"], [p.numpy().copy() for p in ck["circuit_parameters"]],
+                None if ck["dists"] is None else [d.numpy().copy() for d in ck["dists"]],
+                ck["history"], ck["wall_seconds"], ck["plateau"], ck["simulated_evaluations"], ck["resumes"])
+            self.generator.load_state_dict(ck["generator"])
+            self.adam.load_state_dict(ck["adam"])
+            self.backend.load_state_dict(ck["backend"])
+            if self.circuit_adam is not None and ck["circuit_adam"] is not None:
+                with torch.no_grad():
+                    self.circuit_params.copy_(torch.from_numpy(np.concatenate(self.state.parameters)))
+                self.circuit_adam.load_state_dict(ck["circuit_adam"])
+        except Exception as e:  # a damaged file, or one from other settings: name it, no traceback
+            detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise UserError(f"cannot resume from {path} ({type(e).__name__}: {detail}); it is damaged or was "
+                            "written with other settings: start a new run with --out DIR") from None
+        if [len(p) for p in self.state.parameters] != self.generator.circuit_sizes:
+            raise UserError(f"{path} holds circuit parameters of sizes {[len(p) for p in self.state.parameters]}, "
+                            f"the configuration's circuits take {self.generator.circuit_sizes}: it was written with "
+                            "other settings; start a new run with --out DIR")
+
+    def record_resume_changes(self, changes: dict[str, Any]) -> None:
+        """Note settings a resume changed (kept in the checkpoint and metrics.json) and save it at once."""
+        self.state.resumes.append({"after_round": self.state.round, "changes": changes})
+        self.save()
 
     # ---- one round -------------------------------------------------------------------------------------
-    def _distributions(self, tag: str) -> list[np.ndarray]:
-        return [e.probs for e in self.backend.evaluate(self.qnns, self.state.phases, tag)]
+    def _distributions(self, parameters: list[np.ndarray], tag: str) -> list[np.ndarray]:
+        return [e.probs for e in self.backend.evaluate(self.circuits, parameters, tag)]
 
-    def _combined(self, dists: list[Any]) -> torch.Tensor:
-        dists = dists if self.phase_params is not None else self.source.replace(dists)
-        return combine_distributions(dists, self.n_weights, self.config.scaling).to(self.device)
+    def _weights(self, dists: list[Any]) -> torch.Tensor:
+        """The generated weights from the circuits' distributions (or the ablation source's vectors)."""
+        return self.generator.generate(self.source.replace(dists))
 
-    def _generate(self, dists: list[Any]) -> torch.Tensor:
-        return self.generator(self._combined(dists))
+    def _joint_dists(self) -> list[torch.Tensor]:
+        assert self.circuit_params is not None
+        self.state.simulated_evaluations += len(self.circuits)
+        return self.generator.torch_distributions(self.circuit_params)
 
-    def _torch_dists(self) -> list[torch.Tensor]:
-        assert self.phase_params is not None
-        parts = torch.split(self.phase_params, self._split_sizes)
-        return [q.torch_distribution(p) for q, p in zip(self.qnns, parts, strict=True)]
+    @property
+    def circuit_evaluations(self) -> int:
+        """Circuits evaluated so far: by the backend, and simulated for joint training."""
+        return self.backend.counters.evaluations + self.state.simulated_evaluations
 
     def _adam_stage(self, r: int, progress: tqdm) -> float:
         c, images, labels = self.config, self.train_set.images, self.train_set.labels
-        exact_gradient = self.phase_params is not None
-        if not exact_gradient and self.state.dists is None:
-            self.state.dists = self._distributions(f"r{r}/adam")
-        combined = None if exact_gradient else self._combined(self.state.dists)
+        joint_circuits = self.joint and self.config.uses_circuit
+        if not joint_circuits and self.state.dists is None:
+            self.state.dists = (self._distributions(self.state.parameters, f"r{r}/adam") if not self.joint
+                                else [d.detach().cpu().numpy() for d in self._joint_dists()])
+        values = None if joint_circuits else self.generator.values(self.source.replace(self.state.dists))
         shuffle = _torch_generator(c.seed, r, _SHUFFLE)
         steps_per_epoch = math.ceil(len(images) / c.batch_size)
         losses = []
@@ -189,67 +207,90 @@ class Trainer:
                 idx = order[start : start + c.batch_size]
                 x, y = images[idx].to(self.device), labels[idx].to(self.device)
                 self.adam.zero_grad(set_to_none=True)
-                if exact_gradient:
-                    self.phase_adam.zero_grad(set_to_none=True)
-                    weights = self._generate(self._torch_dists())
-                elif self.config.distribution_source == "random-redraw":
-                    weights = self._generate(self.state.dists)  # a fresh vector every forward pass
+                if self.circuit_adam is not None:
+                    self.circuit_adam.zero_grad(set_to_none=True)
+                if joint_circuits:
+                    weights = self.generator.generate(self._joint_dists())
+                elif self.source.redraws:
+                    weights = self._weights(self.state.dists)  # a fresh vector every forward pass
                 else:
-                    weights = self.generator(combined)
-                loss = F.cross_entropy(training_forward(self.target, weights, x), y)
+                    weights = self.generator(values)
+                loss = F.cross_entropy(training_forward(self.target, weights, x, c.fast_path), y)
                 _check_finite(loss.item(), f"Adam (round {r + 1}, epoch {epoch + 1})", self.out_dir, r)
                 loss.backward()
                 self.adam.step()
-                if exact_gradient:
-                    self.phase_adam.step()
+                if joint_circuits:
+                    self.circuit_adam.step()
                 losses.append(loss.item())
                 progress.update(1)
-        if exact_gradient:
-            self.state.phases = self._split(self.phase_params.detach().numpy())
+        if self.joint:
+            self.state.parameters = self.generator.split(self.circuit_params.detach().cpu().numpy())
         return float(np.mean(losses)) if losses else float("nan")
 
     def _schedule_lr(self, progress: float) -> None:
         """Set the Adam learning rates for the fraction ``progress`` of the run's steps done.
 
-        Derived from the step index alone, so a resumed run follows the same schedule.
+        Derived from the step index (and, for "plateau", the checkpointed factor) alone, so a resumed
+        run follows the same schedule.
         """
-        factor = 1.0 if self.config.lr_schedule == "constant" else 0.5 * (1.0 + math.cos(math.pi * progress))
-        for optimizer, lr in ((self.adam, self.config.adam_lr), (self.phase_adam, self.config.phase_lr)):
+        c = self.config
+        if c.lr_schedule == "cosine":
+            factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+        elif c.lr_schedule == "plateau":
+            factor = self.state.plateau["factor"]
+        else:
+            factor = 1.0
+        for optimizer, lr in ((self.adam, c.adam_lr), (self.circuit_adam, c.phase_lr)):
             if optimizer is not None:
                 for group in optimizer.param_groups:
                     group["lr"] = lr * factor
 
-    def _phase_stage(self, r: int) -> PhaseStep | None:
+    def _update_plateau(self, loss: float) -> None:
+        """ReduceLROnPlateau's rule (mode min, relative threshold 1e-4) on the round's training loss."""
+        p = self.state.plateau
+        if loss < p["best"] * (1.0 - 1e-4):
+            p["best"], p["bad_rounds"] = loss, 0
+        else:
+            p["bad_rounds"] += 1
+            if p["bad_rounds"] > self.config.plateau_patience:
+                p["factor"] *= self.config.plateau_factor
+                p["bad_rounds"] = 0
+
+    def _phase_batch_loss(self, r: int) -> FixedBatchLoss:
+        """The cross-entropy on round r's fixed random batch of ``phase_batch`` training images."""
         c = self.config
-        if c.phase_optimizer == "exact-gradient":
-            return None  # the phases trained with the MPS in the Adam stage
         rng = _stream(c.seed, r, _PHASE_BATCH)
         n = min(c.phase_batch, len(self.train_set))
         idx = torch.from_numpy(rng.choice(len(self.train_set), size=n, replace=False))
-        loss_on_batch = FixedBatchLoss(self.target, self.train_set.images[idx].to(self.device),
-                                       self.train_set.labels[idx].to(self.device))
+        return FixedBatchLoss(self.target, self.train_set.images[idx].to(self.device),
+                              self.train_set.labels[idx].to(self.device), c.fast_path)
+
+    def _phase_stage(self, r: int, loss_on_batch: FixedBatchLoss) -> PhaseStep | None:
+        c = self.config
+        if self.joint:
+            return None  # the circuit parameters trained with the mapper in the Adam stage
         counter = iter(range(10**12))
         bar = tqdm(total=c.cobyla_maxiter if c.phase_optimizer == "cobyla" else 2 * c.spsa_iterations,
                    desc=f"round {r + 1} {c.phase_optimizer}", leave=False, disable=None, file=sys.stderr)
 
         def objective(theta: np.ndarray) -> float:
             tag = f"r{r}/{c.phase_optimizer}/{next(counter)}"
-            dists = [e.probs for e in self.backend.evaluate(self.qnns, self._split(theta), tag)]
+            dists = self._distributions(self.generator.split(theta), tag)
             with torch.inference_mode():
-                value = loss_on_batch(self._generate(dists))
+                value = loss_on_batch(self._weights(dists))
             _check_finite(value, f"the phase optimizer (round {r + 1})", self.out_dir, r)
             bar.update(1)
             return value
 
         try:
-            x0 = np.concatenate(self.state.phases)
+            x0 = np.concatenate(self.state.parameters)
             if c.phase_optimizer == "cobyla":
                 step = run_cobyla(objective, x0, c)
             else:
                 step = run_spsa(objective, x0, c, _stream(c.seed, r, _SPSA))
         finally:
             bar.close()
-        self.state.phases = self._split(step.phases)
+        self.state.parameters = self.generator.split(step.phases)
         return step
 
     def evaluate(self, weights: torch.Tensor, dataset: Dataset) -> tuple[float, float]:
@@ -263,17 +304,27 @@ class Trainer:
         self.backend.reseed(r)
         self.source.reseed(c.seed, r)
         shots_before = self.backend.counters.shots_used
+        evaluations_before = self.circuit_evaluations
         steps = c.adam_epochs * math.ceil(len(self.train_set) / c.batch_size)
         with tqdm(total=steps, desc=f"round {r + 1} adam", leave=False, disable=None, file=sys.stderr) as bar:
             adam_loss = self._adam_stage(r, bar)
-        step = self._phase_stage(r)
-        # The network of this round: generated once from fresh evaluations at the new phases.
-        if self.phase_params is not None:
-            self.state.dists = [d.detach().numpy() for d in self._torch_dists()]
+        loss_on_batch = None if self.joint else self._phase_batch_loss(r)
+        step = self._phase_stage(r, loss_on_batch) if loss_on_batch is not None else None
+        # The network of this round: generated once from fresh evaluations at the new parameters.
+        if self.joint:
+            self.state.dists = [d.detach().cpu().numpy() for d in self._joint_dists()]
         else:
-            self.state.dists = self._distributions(f"r{r}/eval")
+            self.state.dists = self._distributions(self.state.parameters, f"r{r}/eval")
         with torch.no_grad():
-            weights = self._generate(self.state.dists)
+            weights = self._weights(self.state.dists)
+        objective_end = None
+        if step is not None:
+            # The optimiser's chosen point, judged on these fresh evaluations rather than by the minimum of its
+            # own (shot-noisy) ones: the improvement the log reports is then not a selection effect.
+            with torch.inference_mode():
+                objective_end = loss_on_batch(weights)
+        if c.lr_schedule == "plateau":
+            self._update_plateau(adam_loss)
         train_loss, train_acc = self.evaluate(weights, self.train_set)
         test_loss, test_acc = self.evaluate(weights, self.test_set)
         validation = {}
@@ -286,14 +337,18 @@ class Trainer:
         entry = {
             "round": r + 1, "adam_loss": adam_loss,
             "phase_objective_start": step.objective_start if step else None,
-            "phase_objective_end": step.objective_end if step else None,
+            "phase_objective_end": objective_end,
+            "phase_objective_best_seen": step.objective_end if step else None,
             "objective_evaluations": step.evaluations if step else 0,
             "train_loss": train_loss, "train_accuracy": train_acc,
             "test_loss": test_loss, "test_accuracy": test_acc, **validation,
             "shots_round": counters.shots_used - shots_before, "shots_used": counters.shots_used,
+            "circuit_evaluations_round": self.circuit_evaluations - evaluations_before,
             "jobs_submitted": self.backend.jobs_paid, "postselection_rate": self.backend.postselection_rate,
             "seconds": seconds,
         }
+        if c.lr_schedule == "plateau":
+            entry["lr_factor"] = self.state.plateau["factor"]
         self._finish_round(weights, entry, seconds)
         return entry
 
@@ -308,6 +363,15 @@ class Trainer:
         self.save()
         run_files.write_json(self.out_dir / run_files.METRICS, self.metrics("running"))
 
+    @property
+    def fast_path_used(self) -> bool:
+        """Whether the specialised paper-CNN paths run (the setting, and a target and device they handle)."""
+        probe = self.train_set.images[:1]
+        weights = torch.zeros(self.n_weights)
+        from pqt.targets.paper_cnn_fast import fast_path_applies
+
+        return bool(self.config.fast_path and fast_path_applies(self.target, weights, probe.to(self.device)))
+
     def metrics(self, status: str) -> dict[str, Any]:
         s, c = self.state, self.config
         last = s.history[-1] if s.history else {}
@@ -315,15 +379,16 @@ class Trainer:
         return {
             "status": status,
             **run_files.final_results(last),
-            "bond_dim": c.bond_dim, **self.report,
+            "generator": self.generator.describe(), "target": c.target, "bond_dim": c.bond_dim, **self.report,
             "shots": c.shots if c.shots is not None else "exact", "backend": c.backend,
             "backend_settings": self.backend.describe(),
-            "phase_optimizer": c.phase_optimizer, "dataset": c.dataset,
+            "phase_optimizer": c.phase_optimizer, "dataset": c.dataset, "fast_path": self.fast_path_used,
             "train_size": len(self.train_set), "test_size": len(self.test_set),
             "rounds_completed": s.round, "rounds_planned": c.rounds, "seed": c.seed,
             "wall_seconds": s.wall_seconds, "shots_used": counters.shots_used,
             "jobs_submitted": self.backend.jobs_paid, "postselection_rate": self.backend.postselection_rate,
-            "circuit_evaluations": counters.evaluations,
+            "circuit_evaluations": self.circuit_evaluations,
+            "resumes": s.resumes,
             "history": s.history,
         }
 
@@ -346,6 +411,16 @@ class Trainer:
         return self.metrics(status)
 
 
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a torch device: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA GPU is available to torch here; use --device cpu")
+    return device
+
+
 def format_round(e: dict[str, Any], rounds: int) -> str:
     parts = [f"round {e['round']}/{rounds}", f"adam loss {e['adam_loss']:.4f}"]
     if e["phase_objective_start"] is not None:
@@ -361,28 +436,3 @@ def format_round(e: dict[str, Any], rounds: int) -> str:
         parts.append(f"jobs {e['jobs_submitted']}")
     parts.append(f"{e['seconds']:.1f}s")
     return " | ".join(parts)
-
-
-def plan_run(config: TrainConfig) -> dict[str, Any]:
-    """Circuit evaluations, jobs and shots a run will need (upper bounds: COBYLA may stop early)."""
-    n_qnn = len(config.qnn_modes)
-    if config.phase_optimizer == "cobyla":
-        objective_calls = config.cobyla_maxiter
-    elif config.phase_optimizer == "spsa":
-        objective_calls = 2 * config.spsa_iterations
-    else:
-        objective_calls = 0
-    simulated = config.phase_optimizer == "exact-gradient"
-    per_round = 0 if simulated else n_qnn * (objective_calls + 1)  # + the end-of-round evaluation
-    first = 0 if simulated else n_qnn  # round 1's Adam stage needs one evaluation first
-    backend_cls = backends.backend_class(config.backend)
-    per_call_shots = 0 if config.shots is None else config.shots
-    jobs = (lambda n: n) if backend_cls.remote else (lambda n: 0)
-    total_evals = first + per_round * config.rounds
-    return {
-        "rounds": config.rounds, "circuit_evaluations_per_round": per_round,
-        "circuit_evaluations_total": total_evals,
-        "jobs_per_round": jobs(per_round), "jobs_total": jobs(total_evals),
-        "shots_per_round": per_round * per_call_shots, "shots_total": total_evals * per_call_shots,
-        "max_shots": config.max_shots,
-    }
