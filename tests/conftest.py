@@ -68,9 +68,9 @@ class RunTools:
 
         ca, cb = cls.load_checkpoint(a), cls.load_checkpoint(b)
         assert ca["round"] == cb["round"]
-        assert ca["generator"].keys() == cb["generator"].keys()
-        for key in ca["generator"]:
-            assert torch.equal(ca["generator"][key], cb["generator"][key]), key
+        assert ca["method"].keys() == cb["method"].keys()
+        for key in ca["method"]:
+            assert torch.equal(ca["method"][key], cb["method"][key]), key
         adam_a, adam_b = ca["adam"]["state"], cb["adam"]["state"]
         assert adam_a.keys() == adam_b.keys()
         for k in adam_a:

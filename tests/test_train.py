@@ -96,7 +96,7 @@ def test_model_pt_is_what_the_checkpoint_generates(runs, two_round_run) -> None:
     run = two_round_run["dir"]
     ck = runs.load_checkpoint(run)
     mapper = MPSMapper(6690, 4)
-    mapper.load_state_dict({k.removeprefix("mapper."): v for k, v in ck["generator"].items()})
+    mapper.load_state_dict({k.removeprefix("mapper."): v for k, v in ck["method"].items()})
     p1, p2 = (d.numpy() for d in ck["dists"])
     assert p1.shape == (126,) and p2.shape == (70,)
     # shot frequencies: multiples of 1/1000 summing to 1
@@ -116,8 +116,8 @@ def test_training_changes_phases_and_mps(runs, two_round_run, tiny_config, make_
     fresh = make_trainer(tiny_config(rounds=2), tmp_path / "unused")
     ck = runs.load_checkpoint(two_round_run["dir"])
     assert any(not np.array_equal(a, b) for a, b in zip(fresh.state.parameters, ck["circuit_parameters"], strict=True))
-    start = fresh.generator.state_dict()
-    assert any(not torch.equal(start[k], ck["generator"][k]) for k in start)
+    start = fresh.model.state_dict()
+    assert any(not torch.equal(start[k], ck["method"][k]) for k in start)
 
 
 # --------------------------------------------------------------------------- resume
@@ -189,7 +189,7 @@ def test_nan_loss_stops_with_user_error_and_keeps_last_checkpoint(runs, one_roun
     trainer = make_trainer(tiny_config(rounds=2), run)
     trainer.load()
     # Poison the generator's input from now on: round 2's Adam loss becomes NaN.
-    monkeypatch.setattr(trainer.generator, "values", lambda dists: torch.full((6690,), float("nan")))
+    monkeypatch.setattr(trainer.method.generator, "values", lambda dists: torch.full((6690,), float("nan")))
     with pytest.raises(UserError) as e:
         trainer.run()
     assert isinstance(e.value, TrainingDiverged)
@@ -209,7 +209,7 @@ def test_nan_loss_stops_with_user_error_and_keeps_last_checkpoint(runs, one_roun
 
 def test_nan_in_phase_objective_stops(runs, one_round_run, tiny_config, make_trainer, tmp_path, monkeypatch) -> None:
     """A NaN that only appears in the phase optimizer's objective also stops the run cleanly."""
-    import pqt.training.trainer as train_mod
+    import pqt.training.quantum_train as qt_method
     from pqt.training.trainer import TrainingDiverged
 
     run = tmp_path / "nan_phase"
@@ -224,7 +224,7 @@ def test_nan_in_phase_objective_stops(runs, one_round_run, tiny_config, make_tra
         def __call__(self, weights):
             return float("nan")
 
-    monkeypatch.setattr(train_mod, "FixedBatchLoss", NaNLoss)
+    monkeypatch.setattr(qt_method, "FixedBatchLoss", NaNLoss)
     with pytest.raises(TrainingDiverged, match="phase optimizer"):
         trainer.run()
     assert runs.load_checkpoint(run)["round"] == 1

@@ -1,7 +1,8 @@
-"""The one Quantum-Train training loop, for every generator (photonic, gate-based) and target.
+"""The one training loop, for every method (:mod:`pqt.training.method`), generator and target.
 
-Each round: ``adam_epochs`` epochs of Adam on the mapping model with the circuit parameters fixed
-(one evaluation of the circuits serves the whole stage), then one call of the circuit-parameter
+Each round: ``adam_epochs`` epochs of Adam on the method's classical model (for Quantum-Train, the
+mapping model) with the circuit parameters fixed (one evaluation of the circuits serves the whole
+stage, unless the method asks for fresh ones every step), then one call of the circuit-parameter
 optimiser (COBYLA by default, the photonic paper's alternation; gradient-free, as on hardware) with
 the mapper frozen, its objective the cross-entropy on a random batch of ``phase_batch`` training
 images kept fixed for that call. After the round the network is generated once more from fresh
@@ -36,14 +37,11 @@ from tqdm import tqdm
 import backends
 from backends.base import Backend
 from pqt.data import Dataset, training_splits
-from pqt.distributions.sources import DistributionSource
 from pqt.errors import UserError
-from pqt.generator import build_generator
-from pqt.targets import create_target, functional_forward, loss_and_accuracy, n_parameters, unflatten
-from pqt.targets.paper_cnn_fast import FixedBatchLoss, training_forward
+from pqt.targets import loss_and_accuracy
 from pqt.training import run_files
-from pqt.training.accounting import parameter_report
 from pqt.training.config import TrainConfig
+from pqt.training.method import Method, Network
 from pqt.training.phase_optimizers import PhaseStep, run_cobyla, run_spsa
 
 # Salts that keep the per-round random streams independent of one another.
@@ -88,7 +86,10 @@ def _check_finite(value: float, where: str, out_dir: Path, finished: int) -> Non
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, out_dir: Path, log: Callable[[str], None] = print) -> None:
+    """Trains a :class:`Method` (Quantum-Train unless ``method`` is given) for ``config.rounds`` rounds."""
+
+    def __init__(self, config: TrainConfig, out_dir: Path, log: Callable[[str], None] = print,
+                 method: Callable[[TrainConfig, tuple[int, ...], torch.device], Method] | None = None) -> None:
         self.config = config.validate()
         self.out_dir = Path(out_dir)
         self.log = log
@@ -97,8 +98,6 @@ class Trainer:
         self.device = _device(config.device)
         self.train_set, self.validation_set, self.test_set = training_splits(
             config.dataset, config.data_dir, config.train_limit, config.test_limit, config.validation_size)
-        self.target = create_target(config.target, self.train_set.input_shape, config.activation).to(self.device)
-        self.n_weights = n_parameters(self.target)
         self.backend: Backend = backends.create_backend(
             config.backend, shots=config.shots, seed=config.seed, max_shots=config.max_shots,
             run_dir=self.out_dir, options=config.backend_options)
@@ -108,12 +107,16 @@ class Trainer:
                 "--phase-optimizer exact-gradient needs exact ideal simulation: use --backend slos --shots exact "
                 f"(got backend {config.backend!r}, shots {config.shots or 'exact'}); on shot-based, noisy or "
                 "remote backends use cobyla or spsa")
-        torch.manual_seed(config.seed)
-        self.generator = build_generator(config, self.n_weights).to(self.device)
-        self.circuits = self.generator.circuits
-        self.adam = torch.optim.Adam(self.generator.parameters(), lr=config.adam_lr, weight_decay=config.weight_decay)
+        if method is None:
+            from pqt.training.quantum_train import QuantumTrainMethod
+
+            method = QuantumTrainMethod
+        self.method = method(config, self.train_set.input_shape, self.device)
+        self.circuits = self.method.circuits
+        self.model = self.method.module()
+        self.adam = torch.optim.Adam(self.model.parameters(), lr=config.adam_lr, weight_decay=config.weight_decay)
         init_rng = np.random.default_rng([config.seed, 0xC0FFEE])
-        parameters = self.generator.initial_parameters(init_rng)
+        parameters = self.method.initial_parameters(init_rng)
         # Joint training: the circuit parameters are a torch leaf trained by their own Adam.
         self.circuit_params: torch.Tensor | None = None
         self.circuit_adam: torch.optim.Optimizer | None = None
@@ -121,10 +124,8 @@ class Trainer:
             self.circuit_params = torch.nn.Parameter(torch.from_numpy(np.concatenate(parameters)).to(self.device))
             self.circuit_adam = torch.optim.Adam([self.circuit_params], lr=config.phase_lr,
                                                  weight_decay=config.weight_decay)
-        self.source = DistributionSource(config.distribution_source, [c.n_outcomes for c in self.circuits],
-                                         config.seed)
         self.state = RunState(0, parameters, None, [], 0.0)
-        self.report = parameter_report(self.generator, self.target)
+        self.report = self.method.parameter_report()
 
     # ---- checkpointing --------------------------------------------------------------------------------
     def save(self) -> None:
@@ -135,7 +136,7 @@ class Trainer:
             "dists": None if s.dists is None else [torch.from_numpy(np.asarray(d)) for d in s.dists],
             "history": s.history, "wall_seconds": s.wall_seconds, "plateau": dict(s.plateau),
             "simulated_evaluations": s.simulated_evaluations, "resumes": s.resumes,
-            "generator": self.generator.state_dict(), "adam": self.adam.state_dict(),
+            "method": self.method.state_dict(), "adam": self.adam.state_dict(),
             "backend": self.backend.state_dict(),
             "circuit_adam": self.circuit_adam.state_dict() if self.circuit_adam else None,
             "config": self.config.to_dict(),
@@ -150,7 +151,7 @@ class Trainer:
                 ck["round"], [p.numpy().copy() for p in ck["circuit_parameters"]],
                 None if ck["dists"] is None else [d.numpy().copy() for d in ck["dists"]],
                 ck["history"], ck["wall_seconds"], ck["plateau"], ck["simulated_evaluations"], ck["resumes"])
-            self.generator.load_state_dict(ck["generator"])
+            self.method.load_state_dict(ck["method"])
             self.adam.load_state_dict(ck["adam"])
             self.backend.load_state_dict(ck["backend"])
             if self.circuit_adam is not None and ck["circuit_adam"] is not None:
@@ -161,10 +162,11 @@ class Trainer:
             detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
             raise UserError(f"cannot resume from {path} ({type(e).__name__}: {detail}); it is damaged or was "
                             "written with other settings: start a new run with --out DIR") from None
-        if [len(p) for p in self.state.parameters] != self.generator.circuit_sizes:
+        sizes = [c.n_parameters for c in self.circuits]
+        if [len(p) for p in self.state.parameters] != sizes:
             raise UserError(f"{path} holds circuit parameters of sizes {[len(p) for p in self.state.parameters]}, "
-                            f"the configuration's circuits take {self.generator.circuit_sizes}: it was written with "
-                            "other settings; start a new run with --out DIR")
+                            f"the configuration's circuits take {sizes}: it was written with other settings; "
+                            "start a new run with --out DIR")
 
     def record_resume_changes(self, changes: dict[str, Any]) -> None:
         """Note settings a resume changed (kept in the checkpoint and metrics.json) and save it at once."""
@@ -175,14 +177,10 @@ class Trainer:
     def _distributions(self, parameters: list[np.ndarray], tag: str) -> list[np.ndarray]:
         return [e.probs for e in self.backend.evaluate(self.circuits, parameters, tag)]
 
-    def _weights(self, dists: list[Any]) -> torch.Tensor:
-        """The generated weights from the circuits' distributions (or the ablation source's vectors)."""
-        return self.generator.generate(self.source.replace(dists))
-
     def _joint_dists(self) -> list[torch.Tensor]:
         assert self.circuit_params is not None
         self.state.simulated_evaluations += len(self.circuits)
-        return self.generator.torch_distributions(self.circuit_params)
+        return self.method.torch_distributions(self.circuit_params)
 
     @property
     def circuit_evaluations(self) -> int:
@@ -192,10 +190,11 @@ class Trainer:
     def _adam_stage(self, r: int, progress: tqdm) -> float:
         c, images, labels = self.config, self.train_set.images, self.train_set.labels
         joint_circuits = self.joint and self.config.uses_circuit
-        if not joint_circuits and self.state.dists is None:
+        per_step = self.method.fresh_distributions_per_step and not self.joint
+        if not joint_circuits and not per_step and self.state.dists is None:
             self.state.dists = (self._distributions(self.state.parameters, f"r{r}/adam") if not self.joint
                                 else [d.detach().cpu().numpy() for d in self._joint_dists()])
-        values = None if joint_circuits else self.generator.values(self.source.replace(self.state.dists))
+        self.method.begin_adam_stage(None if joint_circuits or per_step else self.state.dists)
         shuffle = _torch_generator(c.seed, r, _SHUFFLE)
         steps_per_epoch = math.ceil(len(images) / c.batch_size)
         losses = []
@@ -209,13 +208,9 @@ class Trainer:
                 self.adam.zero_grad(set_to_none=True)
                 if self.circuit_adam is not None:
                     self.circuit_adam.zero_grad(set_to_none=True)
-                if joint_circuits:
-                    weights = self.generator.generate(self._joint_dists())
-                elif self.source.redraws:
-                    weights = self._weights(self.state.dists)  # a fresh vector every forward pass
-                else:
-                    weights = self.generator(values)
-                loss = F.cross_entropy(training_forward(self.target, weights, x, c.fast_path), y)
+                dists = (self._distributions(self.state.parameters, f"r{r}/adam/{epoch}/{step}") if per_step
+                         else self.state.dists)
+                loss = self.method.batch_loss(x, y, dists, self._joint_dists() if joint_circuits else None)
                 _check_finite(loss.item(), f"Adam (round {r + 1}, epoch {epoch + 1})", self.out_dir, r)
                 loss.backward()
                 self.adam.step()
@@ -224,7 +219,7 @@ class Trainer:
                 losses.append(loss.item())
                 progress.update(1)
         if self.joint:
-            self.state.parameters = self.generator.split(self.circuit_params.detach().cpu().numpy())
+            self.state.parameters = self.method.split(self.circuit_params.detach().cpu().numpy())
         return float(np.mean(losses)) if losses else float("nan")
 
     def _schedule_lr(self, progress: float) -> None:
@@ -256,28 +251,26 @@ class Trainer:
                 p["factor"] *= self.config.plateau_factor
                 p["bad_rounds"] = 0
 
-    def _phase_batch_loss(self, r: int) -> FixedBatchLoss:
-        """The cross-entropy on round r's fixed random batch of ``phase_batch`` training images."""
+    def _phase_batch(self, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Round r's fixed random batch of ``phase_batch`` training images (the optimiser's objective)."""
         c = self.config
         rng = _stream(c.seed, r, _PHASE_BATCH)
         n = min(c.phase_batch, len(self.train_set))
         idx = torch.from_numpy(rng.choice(len(self.train_set), size=n, replace=False))
-        return FixedBatchLoss(self.target, self.train_set.images[idx].to(self.device),
-                              self.train_set.labels[idx].to(self.device), c.fast_path)
+        return self.train_set.images[idx].to(self.device), self.train_set.labels[idx].to(self.device)
 
-    def _phase_stage(self, r: int, loss_on_batch: FixedBatchLoss) -> PhaseStep | None:
+    def _phase_stage(self, r: int, batch: tuple[torch.Tensor, torch.Tensor]) -> PhaseStep | None:
         c = self.config
         if self.joint:
-            return None  # the circuit parameters trained with the mapper in the Adam stage
+            return None  # the circuit parameters trained with the model in the Adam stage
+        loss_on_batch = self.method.batch_objective(*batch)
         counter = iter(range(10**12))
         bar = tqdm(total=c.cobyla_maxiter if c.phase_optimizer == "cobyla" else 2 * c.spsa_iterations,
                    desc=f"round {r + 1} {c.phase_optimizer}", leave=False, disable=None, file=sys.stderr)
 
         def objective(theta: np.ndarray) -> float:
             tag = f"r{r}/{c.phase_optimizer}/{next(counter)}"
-            dists = self._distributions(self.generator.split(theta), tag)
-            with torch.inference_mode():
-                value = loss_on_batch(self._weights(dists))
+            value = loss_on_batch(self._distributions(self.method.split(theta), tag))
             _check_finite(value, f"the phase optimizer (round {r + 1})", self.out_dir, r)
             bar.update(1)
             return value
@@ -290,46 +283,44 @@ class Trainer:
                 step = run_spsa(objective, x0, c, _stream(c.seed, r, _SPSA))
         finally:
             bar.close()
-        self.state.parameters = self.generator.split(step.phases)
+        self.state.parameters = self.method.split(step.phases)
         return step
 
-    def evaluate(self, weights: torch.Tensor, dataset: Dataset) -> tuple[float, float]:
-        """(mean cross-entropy, accuracy) of the generated network on ``dataset``."""
-        return loss_and_accuracy(lambda x: functional_forward(self.target, weights, x), dataset.images,
-                                 dataset.labels, self.device)
+    def evaluate(self, network: Network, dataset: Dataset) -> tuple[float, float]:
+        """(mean cross-entropy, accuracy) of the round's network on ``dataset``."""
+        return loss_and_accuracy(network.forward, dataset.images, dataset.labels, self.device)
 
     def run_round(self, r: int) -> dict[str, Any]:
         c = self.config
         started = time.perf_counter()
         self.backend.reseed(r)
-        self.source.reseed(c.seed, r)
+        self.method.begin_round(c.seed, r)
         shots_before = self.backend.counters.shots_used
         evaluations_before = self.circuit_evaluations
         steps = c.adam_epochs * math.ceil(len(self.train_set) / c.batch_size)
         with tqdm(total=steps, desc=f"round {r + 1} adam", leave=False, disable=None, file=sys.stderr) as bar:
             adam_loss = self._adam_stage(r, bar)
-        loss_on_batch = None if self.joint else self._phase_batch_loss(r)
-        step = self._phase_stage(r, loss_on_batch) if loss_on_batch is not None else None
+        batch = None if self.joint else self._phase_batch(r)
+        step = self._phase_stage(r, batch) if batch is not None else None
         # The network of this round: generated once from fresh evaluations at the new parameters.
         if self.joint:
             self.state.dists = [d.detach().cpu().numpy() for d in self._joint_dists()]
         else:
             self.state.dists = self._distributions(self.state.parameters, f"r{r}/eval")
-        with torch.no_grad():
-            weights = self._weights(self.state.dists)
+        network = self.method.network(self.state.dists)
         objective_end = None
         if step is not None:
             # The optimiser's chosen point, judged on these fresh evaluations rather than by the minimum of its
             # own (shot-noisy) ones: the improvement the log reports is then not a selection effect.
             with torch.inference_mode():
-                objective_end = loss_on_batch(weights)
+                objective_end = float(F.cross_entropy(network.forward(batch[0]), batch[1]).item())
         if c.lr_schedule == "plateau":
             self._update_plateau(adam_loss)
-        train_loss, train_acc = self.evaluate(weights, self.train_set)
-        test_loss, test_acc = self.evaluate(weights, self.test_set)
+        train_loss, train_acc = self.evaluate(network, self.train_set)
+        test_loss, test_acc = self.evaluate(network, self.test_set)
         validation = {}
         if self.validation_set is not None:
-            val_loss, val_acc = self.evaluate(weights, self.validation_set)
+            val_loss, val_acc = self.evaluate(network, self.validation_set)
             validation = {"validation_loss": val_loss, "validation_accuracy": val_acc}
         _check_finite(train_loss, f"evaluation (round {r + 1})", self.out_dir, r)
         seconds = time.perf_counter() - started
@@ -349,28 +340,18 @@ class Trainer:
         }
         if c.lr_schedule == "plateau":
             entry["lr_factor"] = self.state.plateau["factor"]
-        self._finish_round(weights, entry, seconds)
+        self._finish_round(network, entry, seconds)
         return entry
 
-    def _finish_round(self, weights: torch.Tensor, entry: dict[str, Any], seconds: float) -> None:
+    def _finish_round(self, network: Network, entry: dict[str, Any], seconds: float) -> None:
         s = self.state
         s.round += 1
         s.history.append(entry)
         s.wall_seconds += seconds
         # model.pt first: a checkpoint never points at a round whose model is missing.
-        state_dict = {k: v.detach().clone().cpu() for k, v in unflatten(self.target, weights).items()}
-        run_files.save_torch(self.out_dir / run_files.MODEL, state_dict)
+        run_files.save_torch(self.out_dir / run_files.MODEL, network.state_dict)
         self.save()
         run_files.write_json(self.out_dir / run_files.METRICS, self.metrics("running"))
-
-    @property
-    def fast_path_used(self) -> bool:
-        """Whether the specialised paper-CNN paths run (the setting, and a target and device they handle)."""
-        probe = self.train_set.images[:1]
-        weights = torch.zeros(self.n_weights)
-        from pqt.targets.paper_cnn_fast import fast_path_applies
-
-        return bool(self.config.fast_path and fast_path_applies(self.target, weights, probe.to(self.device)))
 
     def metrics(self, status: str) -> dict[str, Any]:
         s, c = self.state, self.config
@@ -379,10 +360,12 @@ class Trainer:
         return {
             "status": status,
             **run_files.final_results(last),
-            "generator": self.generator.describe(), "target": c.target, "bond_dim": c.bond_dim, **self.report,
+            "method": self.method.name, "generator": self.method.describe(), "target": c.target,
+            "bond_dim": c.bond_dim, **self.report,
             "shots": c.shots if c.shots is not None else "exact", "backend": c.backend,
             "backend_settings": self.backend.describe(),
-            "phase_optimizer": c.phase_optimizer, "dataset": c.dataset, "fast_path": self.fast_path_used,
+            "phase_optimizer": c.phase_optimizer, "dataset": c.dataset,
+            "fast_path": getattr(self.method, "fast_path", False),
             "train_size": len(self.train_set), "test_size": len(self.test_set),
             "rounds_completed": s.round, "rounds_planned": c.rounds, "seed": c.seed,
             "wall_seconds": s.wall_seconds, "shots_used": counters.shots_used,

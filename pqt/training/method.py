@@ -1,0 +1,99 @@
+"""What the one training loop trains: a :class:`Method` (Quantum-Train, distillation, ...).
+
+The loop (:mod:`pqt.training.trainer`) owns everything methods share: data, the backend and its shot
+accounting, the random streams, the circuits' parameters (numpy vectors for gradient-free optimisers,
+a torch leaf for joint training), the Adam optimisers and learning-rate schedules, rounds,
+checkpoints, metrics and logs. A method owns its classical model and says how circuit
+distributions and a batch of images become a loss:
+
+- :meth:`Method.batch_loss`: the Adam stage's loss on one batch;
+- :meth:`Method.batch_objective`: the circuit-parameter optimiser's objective on a fixed batch;
+- :meth:`Method.network`: the trained classical network of the round (evaluated and saved as model.pt).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from pqt.circuits.base import Circuit
+
+
+@dataclass
+class Network:
+    """A round's trained classical network: how to run it, and its plain state_dict (model.pt)."""
+
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    state_dict: dict[str, torch.Tensor]
+
+
+class Method(abc.ABC):
+    """A training method of the loop. Subclasses build their model in ``__init__``."""
+
+    name: ClassVar[str]
+    circuits: list[Circuit]
+    # True when every Adam step needs fresh circuit evaluations (e.g. new shots each step); the loop then
+    # asks the backend once per step instead of once per Adam stage.
+    fresh_distributions_per_step: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def module(self) -> nn.Module:
+        """The trainable classical model (its parameters go to Adam; its state_dict to the checkpoint)."""
+
+    @abc.abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Kind and shape, recorded in metrics.json."""
+
+    @abc.abstractmethod
+    def parameter_report(self) -> dict[str, Any]:
+        """Trainable and deployed parameter counts, from the built modules."""
+
+    def split(self, flat: Any) -> list[Any]:
+        """One flat vector of all circuit parameters (numpy or torch) -> one vector per circuit."""
+        sizes = [c.n_parameters for c in self.circuits]
+        if isinstance(flat, torch.Tensor):
+            return list(torch.split(flat, sizes))
+        return list(np.split(np.asarray(flat, dtype=np.float64), np.cumsum(sizes)[:-1]))
+
+    def initial_parameters(self, rng: np.random.Generator) -> list[np.ndarray]:
+        return [c.random_parameters(rng) for c in self.circuits]
+
+    def torch_distributions(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Differentiable exact distributions of every circuit (joint training)."""
+        return [c.torch_distribution(p) for c, p in zip(self.circuits, self.split(flat), strict=True)]
+
+    def begin_round(self, seed: int, round_index: int) -> None:  # noqa: B027  (optional hook)
+        """Reseed the method's own random streams for round ``round_index`` (resume replays them)."""
+
+    def begin_adam_stage(self, dists: Sequence[np.ndarray] | None) -> None:  # noqa: B027  (optional hook)
+        """Called once before each Adam stage with the circuits' current distributions (None when joint)."""
+
+    @abc.abstractmethod
+    def batch_loss(self, x: torch.Tensor, y: torch.Tensor, dists: Sequence[np.ndarray] | None,
+                   joint_dists: Sequence[torch.Tensor] | None) -> torch.Tensor:
+        """The Adam stage's loss on one batch.
+
+        ``dists``: this step's distributions (fresh when :attr:`fresh_distributions_per_step`, else the
+        stage's); ``joint_dists``: differentiable distributions when the circuits train jointly.
+        """
+
+    @abc.abstractmethod
+    def batch_objective(self, images: torch.Tensor, labels: torch.Tensor) -> Callable[[Sequence[np.ndarray]], float]:
+        """The circuit-parameter optimiser's objective on a fixed batch: distributions -> loss (no gradient)."""
+
+    @abc.abstractmethod
+    def network(self, dists: Sequence[Any]) -> Network:
+        """The classical network the method deploys, given the circuits' distributions."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything to checkpoint: the module's state and any other state of the method."""
+        return self.module().state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module().load_state_dict(state)
