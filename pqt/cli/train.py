@@ -151,7 +151,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         log(out, f"pqt train -> {out} | {config.dataset} {len(trainer.train_set)}/{len(trainer.test_set)} | "
                  f"{trainer.method.describe()['kind']} generator, {config.mapper_kind} mapper | "
                  f"backend {config.backend} shots {config.shots or 'exact'} | "
-                 f"trainable {r['trainable_parameters']} (mapper {r['mapper_parameters']} + circuits {r['circuit_parameters']}) for {r['target_parameters']} weights")
+                 f"trainable {r['trainable_parameters']} (mapper {r['mapper_parameters']} + circuits "
+                 f"{r['circuit_parameters']}) for {r['target_parameters']} weights")
     try:
         metrics = trainer.run()
     except KeyboardInterrupt:
