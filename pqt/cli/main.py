@@ -27,7 +27,7 @@ class _Parser(argparse.ArgumentParser):
 def _cmd_bench(args: argparse.Namespace) -> int:
     from pqt.bench import run_bench
 
-    run_bench(as_json=args.json, repeats=args.repeats)
+    run_bench(as_json=args.json, repeats=args.repeats, only=args.only)
     return 0
 
 
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="time our paths against the straightforward ones and the peers, in one run")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--repeats", type=int, default=15, help="timed repeats per measurement (median reported)")
+    p.add_argument("--only", nargs="+", metavar="SECTION", help="run only these sections (default: all)")
     p.set_defaults(func=_cmd_bench)
     add_sweep_parser(sub)
     add_baseline_parser(sub)

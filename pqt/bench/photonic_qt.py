@@ -1,36 +1,22 @@
-"""``pqt bench``: our paths against the straightforward ones they replace, in one process and run.
+"""Bench section ``photonic-qt``: the photonic QT pipeline's fast paths against the straightforward ones.
 
-Every figure is a median over ``repeats`` timed calls after a warm-up. The reference paths are
-what a direct implementation does: Perceval ``Processor`` + ``Sampler.probs`` per distribution,
-the MPS contracted once per weight, and the CNN's plain functional forward on the batch.
+The reference paths are what a direct implementation does: Perceval ``Processor`` + ``Sampler.probs``
+per distribution, the MPS contracted once per weight, and the CNN's plain functional forward.
 """
 
 from __future__ import annotations
 
-import json
-import statistics
-import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pqt.bench.timing import median_ms
+
 BENCH_CHI = 10
 BENCH_IMAGES = 1000
 BENCH_SHOTS = 10_000
-
-
-def _median_ms(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def _bench_images() -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -46,7 +32,7 @@ def _bench_images() -> tuple[torch.Tensor, torch.Tensor, str]:
         return images, torch.randint(0, 10, (BENCH_IMAGES,), generator=g), "random pixels"
 
 
-def run_bench(as_json: bool = False, repeats: int = 15) -> dict[str, Any]:
+def run(repeats: int) -> dict[str, Any]:
     from backends.local import SLOSBackend
     from pqt.circuits.photonic import PhotonicQNN, perceval_distribution, sample_frequencies
     from pqt.distributions.combine import combine_distributions
@@ -70,15 +56,14 @@ def run_bench(as_json: bool = False, repeats: int = 15) -> dict[str, Any]:
     images, labels, source = _bench_images()
     backend = SLOSBackend(shots=BENCH_SHOTS, seed=0)
     fixed_loss = FixedBatchLoss(target, images, labels)
-    r: dict[str, Any] = {"threads": torch.get_num_threads(), "images": source, "bond_dim": BENCH_CHI,
-                         "shots": BENCH_SHOTS, "repeats": repeats}
+    r: dict[str, Any] = {"images": source, "bond_dim": BENCH_CHI, "shots": BENCH_SHOTS}
 
     qnn9, ph9 = qnns[0], phases[0]
-    r["photonic_ms"] = _median_ms(lambda: qnn9.exact_distribution(ph9), repeats * 10)
-    r["photonic_reference_ms"] = _median_ms(lambda: perceval_distribution(qnn9, ph9), repeats)
+    r["photonic_ms"] = median_ms(lambda: qnn9.exact_distribution(ph9), repeats * 10)
+    r["photonic_reference_ms"] = median_ms(lambda: perceval_distribution(qnn9, ph9), repeats)
     r["photonic_max_abs_diff"] = float(np.abs(qnn9.exact_distribution(ph9) - perceval_distribution(qnn9, ph9)).max())
     exact = [q.exact_distribution(p) for q, p in zip(qnns, phases, strict=True)]
-    r["sampling_ms"] = _median_ms(lambda: [sample_frequencies(p, BENCH_SHOTS, rng) for p in exact], repeats * 10)
+    r["sampling_ms"] = median_ms(lambda: [sample_frequencies(p, BENCH_SHOTS, rng) for p in exact], repeats * 10)
 
     def ours() -> float:
         dists = [e.probs for e in backend.evaluate(qnns, phases)]
@@ -94,14 +79,14 @@ def run_bench(as_json: bool = False, repeats: int = 15) -> dict[str, Any]:
 
     with torch.no_grad():
         weights = generator(combine_distributions(exact, m))
-    r["eval_ms"] = _median_ms(ours, repeats)
-    r["eval_reference_ms"] = _median_ms(reference, repeats)
-    r["mps_ms"] = _median_ms(lambda: generator(combine_distributions(exact, m)), repeats)
-    r["mps_reference_ms"] = _median_ms(lambda: reference_weights(combine_distributions(exact, m)),
+    r["eval_ms"] = median_ms(ours, repeats)
+    r["eval_reference_ms"] = median_ms(reference, repeats)
+    r["mps_ms"] = median_ms(lambda: generator(combine_distributions(exact, m)), repeats)
+    r["mps_reference_ms"] = median_ms(lambda: reference_weights(combine_distributions(exact, m)),
                                        repeats)
-    r["cnn_loss_ms"] = _median_ms(lambda: fixed_loss(weights), repeats)
+    r["cnn_loss_ms"] = median_ms(lambda: fixed_loss(weights), repeats)
     with torch.inference_mode():
-        r["cnn_floor_ms"] = _median_ms(lambda: functional_forward(target, weights, images), repeats)
+        r["cnn_floor_ms"] = median_ms(lambda: functional_forward(target, weights, images), repeats)
     reference_loss = plain_loss(target, weights, images, labels)
     r["loss_relative_diff"] = abs(fixed_loss(weights) - reference_loss) / abs(reference_loss)
 
@@ -114,19 +99,15 @@ def run_bench(as_json: bool = False, repeats: int = 15) -> dict[str, Any]:
         F.cross_entropy(functional_forward(target, generator(combined), x), y).backward()
         adam.step()
 
-    r["adam_step_ms"] = _median_ms(adam_step, repeats)
+    r["adam_step_ms"] = median_ms(adam_step, repeats)
     r["photonic_speedup"] = r["photonic_reference_ms"] / r["photonic_ms"]
     r["eval_speedup"] = r["eval_reference_ms"] / r["eval_ms"]
     r["eval_over_cnn_floor"] = r["eval_ms"] / r["cnn_floor_ms"]
-    if as_json:
-        print(json.dumps(r, indent=2))
-    else:
-        _print_table(r)
     return r
 
 
-def _print_table(r: dict[str, Any]) -> None:
-    print(f"pqt bench: medians over {r['repeats']} runs, torch threads {r['threads']}, images: {r['images']}")
+def table(r: dict[str, Any]) -> None:
+    print(f"photonic QT (images: {r['images']})")
     rows = [
         ("photonic distribution (9 modes, 4 photons, exact)", "photonic_ms", "photonic_reference_ms"),
         ("MPS, 6,690 weights, chi=10", "mps_ms", "mps_reference_ms"),
