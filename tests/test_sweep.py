@@ -343,3 +343,66 @@ bond_dim = [1]
     metrics = run_files.read_json(tmp_path / "runs" / "tiny" / good / run_files.METRICS)
     assert metrics["status"] == "finished" and metrics["shots"] == 100
     assert [r["status"] for r in read_csv(tmp_path / "results" / "tiny.csv")] == ["finished", "failed"]
+
+
+def test_welch_tests_in_the_aggregation(tmp_path: Path) -> None:
+    """report.compare: each value of a group key against its reference, as Welch's t-test computed by hand."""
+    import math as m
+
+    path = write_study(tmp_path, """
+[grid]
+distribution_source = ["photonic", "constant"]
+bond_dim = [2]
+seed = [0, 1, 2]
+[report]
+group_by = ["distribution_source", "bond_dim"]
+compare = "distribution_source"
+reference = "photonic"
+""")
+    study = load_study(path)
+    accuracy = {"photonic": [0.70, 0.74, 0.75], "constant": [0.60, 0.66, 0.61]}
+    for run in study.runs:  # finished runs with known accuracies (what a sweep leaves)
+        run_dir = tmp_path / "runs" / "tiny" / run.name
+        run_dir.mkdir(parents=True)
+        run_files.write_json(run_dir / run_files.CONFIG, run.config)
+        acc = accuracy[run.config["distribution_source"]][run.config["seed"]]
+        run_files.write_json(run_dir / run_files.METRICS, {
+            "status": "finished", "rounds_completed": 1, "rounds_planned": 1, "test_accuracy": acc,
+            "history": []})
+    files = aggregate(study, tmp_path / "runs", tmp_path / "results")
+    (row,) = read_csv(tmp_path / "results" / "tiny_tests.csv")
+    assert tmp_path / "results" / "tiny_tests.csv" in files
+    a, b = accuracy["constant"], accuracy["photonic"]
+    va = sum((x - sum(a) / 3) ** 2 for x in a) / 2
+    vb = sum((x - sum(b) / 3) ** 2 for x in b) / 2
+    t = (sum(a) / 3 - sum(b) / 3) / m.sqrt(va / 3 + vb / 3)
+    dof = (va / 3 + vb / 3) ** 2 / ((va / 3) ** 2 / 2 + (vb / 3) ** 2 / 2)
+    assert row["distribution_source"] == "constant" and row["reference"] == "photonic"
+    assert float(row["t"]) == pytest.approx(t, rel=1e-9) and float(row["dof"]) == pytest.approx(dof, rel=1e-9)
+    assert 0.0 < float(row["p_value"]) < 0.05  # clearly different samples
+    assert "Welch's t-test" in (tmp_path / "results" / "tiny.md").read_text()
+
+
+def test_aggregation_keeps_committed_results_of_runs_whose_folders_are_gone(tmp_path: Path) -> None:
+    """A table completed over several machines: rows of finished runs survive the loss of their folders."""
+    import shutil
+
+    path = write_study(tmp_path, "[grid]\nbond_dim = [2]\nseed = [0, 1]\n")
+    study, outcome = sweep(path, tmp_path)
+    assert sorted(outcome.finished) == sorted(r.name for r in study.runs)
+    before = read_csv(tmp_path / "results" / "tiny.csv")
+    curves_before = read_csv(tmp_path / "results" / "tiny_curves.csv")
+    shutil.rmtree(tmp_path / "runs" / "tiny" / study.runs[0].name)  # this machine lost one run folder
+    aggregate(study, tmp_path / "runs", tmp_path / "results")
+    after = read_csv(tmp_path / "results" / "tiny.csv")
+    assert [r["status"] for r in after] == ["finished", "finished"]
+    assert [r["source"] for r in after] == ["committed", "run folder"]
+    assert [r["test_accuracy"] for r in after] == [r["test_accuracy"] for r in before]
+    assert len(read_csv(tmp_path / "results" / "tiny_curves.csv")) == len(curves_before)
+    (summary,) = read_csv(tmp_path / "results" / "tiny_summary.csv")
+    assert summary["n"] == "2"
+    # a different protocol never borrows those rows
+    other = load_study(path, ("rounds=1",))
+    other.protocol = "another-protocol"
+    aggregate(other, tmp_path / "runs", tmp_path / "results")
+    assert [r["status"] for r in read_csv(tmp_path / "results" / "tiny.csv")] == ["not started", "finished"]
