@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pqt.errors import UserError
+
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from pqt.studies.sweep import DEFAULT_OUT, DEFAULT_RESULTS, aggregate, describe_plan, load_study, run_sweep
@@ -27,7 +29,16 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         files = aggregate(study, out, results)
         print(f"results: {', '.join(str(f) for f in files)}")
         return 0
-    outcome = run_sweep(study, out, args.jobs, results)
+    ray = None
+    if args.executor == "ray":
+        from pqt.studies.sweep.ray_executor import RayOptions
+
+        if args.cpus_per_run <= 0 or args.gpus_per_run < 0:
+            raise UserError("--cpus-per-run must be > 0 and --gpus-per-run >= 0")
+        ray = RayOptions(args.address, args.cpus_per_run, args.gpus_per_run)
+    elif args.address:
+        raise UserError("--address is for --executor ray")
+    outcome = run_sweep(study, out, args.jobs, results, ray=ray)
     busy = f", {len(outcome.busy)} busy elsewhere" if outcome.busy else ""
     print(f"{len(outcome.finished)} run(s) finished now, {len(outcome.skipped)} already finished, "
           f"{len(outcome.failed)} failed{busy}; results: {', '.join(str(f) for f in outcome.result_files)}")
@@ -56,6 +67,15 @@ def add_sweep_parser(sub: Any) -> None:
                         "repeatable. The protocol label records the overrides")
     p.add_argument("--dry-run", action="store_true", help="list the runs and what would happen to each, then stop")
     p.add_argument("--aggregate-only", action="store_true", help="only rewrite the result tables from the runs")
+    ray = p.add_argument_group("Ray (runs as tasks on a Ray cluster; run folders on storage every node sees)")
+    ray.add_argument("--executor", choices=("local", "ray"), default="local",
+                     help="local worker processes (--jobs) or Ray tasks (default: local)")
+    ray.add_argument("--address", metavar="HOST:PORT",
+                     help="Ray cluster to join (default: start a local one on this machine)")
+    ray.add_argument("--cpus-per-run", type=float, default=1.0, metavar="N",
+                     help="CPUs each run asks Ray for (its torch threads; default: 1)")
+    ray.add_argument("--gpus-per-run", type=float, default=0.0, metavar="N",
+                     help="GPUs each run asks Ray for; pair with --set device=cuda (default: 0)")
     p.set_defaults(func=_cmd_sweep)
 
 
