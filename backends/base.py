@@ -41,10 +41,21 @@ class Option:
     default: Any
     help: str
     secret: bool = False  # never a flag, never recorded (tokens come from the environment)
+    # allowed range of a numeric option, checked when the flag is parsed (as TrainConfig's settings are)
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
 
     @property
     def key(self) -> str:
         return self.name.replace("-", "_")
+
+    def metadata(self) -> dict[str, Any]:
+        """The option as a setting's metadata (:func:`pqt.training.config.check_value` reads it)."""
+        return {"help": self.help, "flag": f"--{self.name}", "choices": None, "low": self.low, "high": self.high,
+                "low_open": self.low_open, "high_open": self.high_open, "hint": "",
+                "label": self.name.replace("-", " ")}
 
 
 class BudgetExhausted(UserError):
@@ -58,7 +69,7 @@ class BackendFailure(UserError):
 @dataclass
 class Counters:
     evaluations: int = 0  # circuits evaluated
-    jobs_submitted: int = 0  # remote jobs actually sent (0 for local backends)
+    jobs_submitted: int = 0  # cloud jobs the run created, all attempts (a cloud backend: its journal's count)
     shots_used: int = 0  # shots sent
     shots_kept: int = 0  # post-selected events among them
     extra: dict[str, Any] = field(default_factory=dict)
@@ -117,12 +128,8 @@ class Backend(abc.ABC):
         """
         if len(qnns) != len(phases):
             raise ValueError("one phase vector per QNN")
-        needed = 0 if self.shots is None else self.shots * len(qnns)
-        if self.max_shots is not None and self.counters.shots_used + needed > self.max_shots:
-            raise BudgetExhausted(
-                f"shot budget reached: {self.counters.shots_used:,} of --max-shots {self.max_shots:,} used "
-                f"and the next evaluation needs {needed:,}; raise --max-shots to continue (pqt train --resume)"
-            )
+        if not self.remote:  # a cloud backend checks each job it creates (retries may need more)
+            self.check_budget(0 if self.shots is None else self.shots * len(qnns), "the next evaluation")
         results = self._run(qnns, [np.asarray(p, dtype=np.float64) for p in phases], tag)
         self.counters.evaluations += len(results)
         for r in results:
@@ -130,15 +137,39 @@ class Backend(abc.ABC):
             self.counters.shots_kept += r.shots_kept
         return results
 
+    def check_budget(self, needed: int, what: str) -> None:
+        """Raise :class:`BudgetExhausted` if spending ``needed`` more shots could exceed ``--max-shots``.
+
+        The budget holds in the worst case: it is checked against :attr:`shots_charged`, which for a
+        cloud backend also counts lost jobs and job creations whose outcome is unknown.
+        """
+        if self.max_shots is None or not needed or self.shots_charged + needed <= self.max_shots:
+            return
+        at_risk = self.shots_charged - self.counters.shots_used
+        detail = f" ({at_risk:,} of them in lost jobs or unanswered job creations)" if at_risk > 0 else ""
+        where = f" {self.run_dir}" if self.run_dir is not None else ""
+        raise BudgetExhausted(
+            f"shot budget reached: {self.shots_charged:,} of --max-shots {self.max_shots:,} charged{detail} and "
+            f"{what} needs {needed:,}; raise it to continue (pqt train --resume{where} --max-shots N)")
+
+    @property
+    def shots_charged(self) -> int:
+        """Shots the run may have spent, in the worst case (what ``--max-shots`` is checked against)."""
+        return self.counters.shots_used
+
+    def accounting(self) -> dict[str, Any]:
+        """The job counters of ``metrics.json`` (a cloud backend takes them from its job journal)."""
+        return {"jobs_submitted": self.jobs_paid, "jobs_uncertain": 0, "jobs_abandoned": 0,
+                "jobs_not_cancelled": [], "shots_charged": self.shots_charged}
+
     @abc.abstractmethod
     def _run(self, qnns: Sequence[PhotonicQNN], phases: Sequence[np.ndarray], tag: str) -> list[Evaluation]:
         """Evaluate the circuits; the base class does the accounting."""
 
     @property
     def jobs_paid(self) -> int:
-        """Cloud jobs this run has paid for, including ones recovered from the journal after a restart."""
-        c = self.counters
-        return c.jobs_submitted + c.extra.get("jobs_resumed", 0) + c.extra.get("results_from_journal", 0)
+        """Cloud jobs this run has paid for, over all its attempts (0 for local backends)."""
+        return self.counters.jobs_submitted
 
     @property
     def postselection_rate(self) -> float | None:
@@ -168,5 +199,11 @@ class Backend(abc.ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.counters = Counters(**state)
 
-    def close(self) -> None:
-        """Release connections or pools (nothing for local backends)."""
+    def close(self, outcome: str = "stopped") -> list[str]:
+        """Release connections or pools at the end of an attempt; returns notes for the final message.
+
+        ``outcome`` is how the attempt ends: ``finished`` (nothing will resume it), ``stopped`` (an
+        error; a resume may follow) or ``interrupted`` (Ctrl-C: the user wants out now). A cloud
+        backend cancels the jobs it abandons and names those it could not cancel.
+        """
+        return []

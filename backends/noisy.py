@@ -80,6 +80,14 @@ _RANGES: dict[str, tuple[float, float | None, str, bool]] = {
     "phase_error": (0.0, math.pi, "a phase in radians", True),
     "simulation_precision": (0.0, 0.01, "a relative pruning threshold", True),
 }
+
+
+def _range(key: str) -> dict[str, Any]:
+    """An option's allowed range, from ``_RANGES`` (the flag is checked when parsed, a config file here)."""
+    low, high, _, low_ok = _RANGES[key]
+    return {"low": low, "high": high, "low_open": not low_ok}
+
+
 _NOISE_KEYS = ("indistinguishability", "transmittance", "brightness", "g2", "phase_imprecision", "phase_error")
 
 
@@ -103,19 +111,22 @@ class NoisyBackend(Backend):
                    "detectors, post-selection on N clicks")
     options = (
         Option("indistinguishability", float, IDEAL["indistinguishability"],
-               "source indistinguishability (2-photon overlap) in [0, 1]; 1 = ideal"),
+               "source indistinguishability (2-photon overlap) in [0, 1]; 1 = ideal", **_range("indistinguishability")),
         Option("transmittance", float, IDEAL["transmittance"],
-               "system-wide transmittance in (0, 1] (1 - photon loss); 1 = ideal"),
+               "system-wide transmittance in (0, 1] (1 - photon loss); 1 = ideal", **_range("transmittance")),
         Option("brightness", float, IDEAL["brightness"],
-               "source brightness (probability to emit) in (0, 1]; 1 = ideal"),
-        Option("g2", float, IDEAL["g2"], "multi-photon emission g2(0) in [0, 1]; 0 = ideal"),
+               "source brightness (probability to emit) in (0, 1]; 1 = ideal", **_range("brightness")),
+        Option("g2", float, IDEAL["g2"], "multi-photon emission g2(0) in [0, 1]; 0 = ideal", **_range("g2")),
         Option("phase-imprecision", float, IDEAL["phase_imprecision"],
-               "phase-shifter resolution in radians (phases rounded to multiples); 0 = ideal"),
+               "phase-shifter resolution in radians (phases rounded to multiples); 0 = ideal",
+               **_range("phase_imprecision")),
         Option("phase-error", float, IDEAL["phase_error"],
-               "maximum random phase error in radians, in [0, pi], drawn per evaluation; 0 = ideal"),
+               "maximum random phase error in radians, in [0, pi], drawn per evaluation; 0 = ideal",
+               **_range("phase_error")),
         Option("simulation-precision", float, 0.0,
                "drop source states/partial results below this x the largest probability (Perceval's "
-               "precision; its default is 1e-6); 0 = exact, slow with --g2 (1e-9: ~1e-6 accurate, fast)"),
+               "precision; its default is 1e-6); 0 = exact, slow with --g2 (1e-9: ~1e-6 accurate, fast)",
+               **_range("simulation_precision")),
     )
 
     def __init__(self, shots: int | None, seed: int = 0, max_shots: int | None = None,

@@ -2,21 +2,32 @@
 
 How a request runs: the QNN's circuit (a copy, with the phases set), its input state and an
 N-photon filter go to a Perceval ``RemoteProcessor``; ``Sampler(..., max_shots_per_call=shots)``
-``.sample_count`` makes the job, sent with ``execute_async``. The circuits of one ``evaluate`` call
-are all submitted first, then awaited together. The counts that come back (a ``BSCount``) become
-frequencies over ``qnn.outcomes``; counts on bunched patterns are dropped from the distribution but
-were paid for (shots sent = shots asked, shots kept = counts on collision-free patterns).
+``.sample_count`` builds the job's request, which is sent in its own thread (see below). The
+circuits of one ``evaluate`` call are all submitted first, then awaited together. The counts that
+come back (a ``BSCount``) become frequencies over ``qnn.outcomes``; counts on bunched patterns are
+dropped from the distribution but were paid for (shots sent = shots asked, shots kept = counts on
+collision-free patterns).
 
-Paying once: each job id is appended to ``run_dir/jobs.jsonl`` (flushed and fsynced) *before* it
-is awaited, keyed by the request tag, circuit index and a hash of the phases (plus shots, platform,
-URL and circuit shape); completed counts are appended too. A later process on the same run
-directory (``pqt train --resume`` replays the unfinished round with the same tags and phases) takes
-the recorded counts, or resumes waiting on the recorded job (``RemoteJob.from_id``), instead of
-sending a new job.
+Paying once, and counting everything paid: every job creation is journaled in ``run_dir/jobs.jsonl``
+(:mod:`backends.journal`, flushed and fsynced) *before* it is sent, its job id as soon as the cloud
+answers, and the counts when they come back, keyed by the request tag, circuit index and a hash of
+the phases (plus shots, platform, URL and circuit shape). A later process on the same run directory
+(``pqt train --resume`` replays the unfinished round with the same tags and phases) takes the
+recorded counts, or resumes waiting on the recorded job, instead of sending a new job. The job
+counters of ``metrics.json`` and the ``--max-shots`` check come from the journal, over all attempts.
+
+A creation that gets no answer within ``--request-timeout`` may still have made a job (Perceval's
+API has no idempotency key and no job listing): it is journaled as *uncertain*, its shots are
+charged against ``--max-shots`` (the budget holds in the worst case), and a replacement is sent. The
+request itself keeps waiting ``LATE_REPLY_FACTOR`` times longer in its thread: if the answer comes
+after all, the orphan's id is journaled and the job cancelled. Jobs the run abandons (timed out,
+orphaned, left unused by a finished run) are cancelled; those that cannot be are named in the final
+message, as are uncertain creations (their job names make them findable in the cloud's job list).
 
 Faults (network errors, request timeouts, HTTP 5xx/408/429, jobs that fail, are cancelled or
-outlive ``--job-timeout``) are retried with exponential backoff: per circuit, up to ``--max-retries``
-failed requests in a row and as many lost jobs; then the run stops with one
+outlive ``--job-timeout``) are retried with exponential backoff: each request (a creation, a status
+check, a result fetch) up to ``--max-retries`` times in a row, its count restarting when it
+succeeds, and up to as many lost jobs per circuit; then the run stops with one
 :class:`BackendFailure` line. A rejected token or payload (HTTP 401/403/400) stops it at once.
 
 The token comes from ``PCVL_CLOUD_TOKEN`` only (environment or ``.env``): never an option, never
@@ -25,24 +36,24 @@ recorded, and scrubbed from every message this module raises.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import hashlib
-import json
 import os
 import re
+import threading
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import requests
+from urllib3.exceptions import NewConnectionError
 
-from backends.base import Backend, BackendFailure, Evaluation, Option
+from backends.base import Backend, BackendFailure, BudgetExhausted, Evaluation, Option
+from backends.journal import JOURNAL_NAME, JobJournal, RequestKey
 from pqt.errors import UserError
 
 if TYPE_CHECKING:
@@ -50,8 +61,11 @@ if TYPE_CHECKING:
 
 TOKEN_ENV = "PCVL_CLOUD_TOKEN"
 URL_ENV = "PCVL_CLOUD_URL"
-JOURNAL_NAME = "jobs.jsonl"
 MAX_BACKOFF_S = 300.0
+# A job creation may take this many --request-timeout on the wire, after the loop stopped waiting for it.
+LATE_REPLY_FACTOR = 4
+_CREATE_CHECK_S = 0.01  # how often the loop looks at a creation in flight
+_CANCEL_RETRIES = 2  # at most this many retries of a cancel request (bounded: it runs inside the loop)
 # HTTP answers worth asking again: request timeout, conflict, locked, too early, rate limited.
 _RETRY_CODES = frozenset({408, 409, 421, 423, 425, 429})
 _MAX_MESSAGE = 300
@@ -104,126 +118,70 @@ def _public_url(url: str) -> str:
     return urlunsplit(parts)
 
 
-# ---- journal -----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RequestKey:
-    """What makes two requests the same job: same tag, circuit slot, phases, shots, target and shape."""
-
-    tag: str
-    index: int
-    phases_sha256: str
-    shots: int
-    platform: str
-    url: str
-    circuit: str  # "MxN:input modes"
-
-    @staticmethod
-    def of(tag: str, index: int, qnn: PhotonicQNN, phases: np.ndarray, shots: int, platform: str,
-           url: str) -> RequestKey:
-        digest = hashlib.sha256(np.ascontiguousarray(phases, dtype="<f8").tobytes()).hexdigest()
-        circuit = f"{qnn.modes}x{qnn.photons}:{','.join(map(str, qnn.input_modes))}"
-        return RequestKey(tag, index, digest, int(shots), platform, url, circuit)
-
-    def fields(self) -> dict[str, Any]:
-        return {"tag": self.tag, "index": self.index, "phases_sha256": self.phases_sha256, "shots": self.shots,
-                "platform": self.platform, "url": self.url, "circuit": self.circuit}
-
-    @staticmethod
-    def from_record(rec: dict[str, Any]) -> RequestKey:
-        return RequestKey(str(rec["tag"]), int(rec["index"]), str(rec["phases_sha256"]), int(rec["shots"]),
-                          str(rec["platform"]), str(rec["url"]), str(rec["circuit"]))
-
-
-class JobJournal:
-    """Append-only JSON-lines record of the jobs of a run (``run_dir/jobs.jsonl``).
-
-    Events: ``submitted`` (job id, written before the job is awaited), ``result`` (the counts on
-    the collision-free patterns, in ``qnn.outcomes`` order), ``abandoned`` (a job that failed, was
-    cancelled or timed out: a new one replaces it). Each line is flushed and fsynced, so what was
-    written survives a kill; a torn last line is ignored on reading. Without a path it only keeps
-    the index in memory.
-    """
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self._jobs: dict[RequestKey, str] = {}  # requests whose job is sent but not consumed
-        self._results: dict[RequestKey, dict[str, Any]] = {}
-        self._needs_newline = False
-        if path is not None and path.exists():
-            try:
-                data = path.read_bytes()
-            except OSError as e:
-                raise UserError(f"remote backend: cannot read the job journal {path} ({e.strerror or e})") from None
-            self._needs_newline = bool(data) and not data.endswith(b"\n")
-            for line in data.splitlines():
-                try:
-                    self._index(json.loads(line))
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line torn by a kill, or not ours
-
-    def _index(self, rec: dict[str, Any]) -> None:
-        key = RequestKey.from_record(rec)
-        event = rec["event"]
-        if event == "submitted":
-            self._jobs[key] = str(rec["job_id"])
-        elif event == "result":
-            if not isinstance(rec["counts"], list):
-                raise TypeError("counts")
-            self._results[key] = rec
-            self._jobs.pop(key, None)
-        elif event == "abandoned" and self._jobs.get(key) == rec["job_id"]:
-            del self._jobs[key]
-
-    def result(self, key: RequestKey) -> dict[str, Any] | None:
-        return self._results.get(key)
-
-    def job(self, key: RequestKey) -> str | None:
-        return self._jobs.get(key)
-
-    def append(self, event: str, key: RequestKey, **data: Any) -> None:
-        rec = {"event": event, **key.fields(), **data,
-               "time": datetime.now(UTC).isoformat(timespec="seconds")}
-        if self.path is not None:
-            line = json.dumps(rec, separators=(",", ":")) + "\n"
-            if self._needs_newline:
-                line = "\n" + line  # never glue a record onto a torn line
-            try:
-                created = not self.path.exists()
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                with open(self.path, "a", encoding="utf-8") as f:
-                    f.write(line)
-                    f.flush()
-                    os.fsync(f.fileno())
-                if created:
-                    _fsync_dir(self.path.parent)  # the file's name must survive a crash too
-            except OSError as e:
-                # Never retried: a job that cannot be recorded could be paid for twice.
-                raise BackendFailure(f"remote backend: cannot write the job journal {self.path} "
-                                     f"({e.strerror or e}); job {data.get('job_id')} was not recorded") from None
-            self._needs_newline = False
-        self._index(rec)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-# ---- the backend -----------------------------------------------------------------------------------------
+# ---- job creation ---------------------------------------------------------------------------------------
 class _Permanent(Exception):
     """Retrying cannot help (bad token, rejected payload, circuit too big for the platform)."""
 
 
 class _JobLost(Exception):
     """The job failed, was cancelled, timed out or is unknown to the cloud: send a new one."""
+
+
+class _Unanswered(Exception):
+    """A job creation got no answer in time: the cloud may or may not have made the job."""
+
+
+def _certainly_no_job(exc: BaseException) -> bool:
+    """Whether a failed job creation certainly made no job (else its outcome is unknown).
+
+    Certain: we never connected, or the cloud answered with a 4xx or a 503 (it refused or did not
+    process the request). Unknown: no answer, a connection dropped mid-request, a reply without a
+    job id, and other 5xx (a 500, 502 or 504 may come after the job was made).
+    """
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    if isinstance(exc, requests.ConnectionError) and not isinstance(exc, requests.Timeout):
+        reason = getattr(exc.args[0], "reason", None) if exc.args else None
+        return isinstance(reason, NewConnectionError)
+    code = _http_status(exc)
+    return code is not None and (400 <= code < 500 or code == 503)
+
+
+class _CreateCall:
+    """One job-creation request, run in a daemon thread.
+
+    The training loop stops waiting after ``--request-timeout``, but the request itself may take
+    ``LATE_REPLY_FACTOR`` times longer: an answer that arrives after we gave up still tells us the
+    id of the job it made, so that job can be cancelled instead of running unseen.
+    """
+
+    def __init__(self, rpc: Any, payload: dict[str, Any], key: RequestKey, intent: str, name: str) -> None:
+        self.key, self.intent, self.name = key, intent, name
+        self.started = time.monotonic()
+        self.lost = False  # recorded as create_lost: the loop stopped waiting for it
+        self.job_id: str | None = None
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+        self._rpc, self._payload = rpc, payload
+        threading.Thread(target=self._call, name=f"pqt-create-{intent[:8]}", daemon=True).start()
+
+    def _call(self) -> None:
+        try:
+            job_id = self._rpc.create_job(self._payload)
+            if not job_id:
+                raise ValueError("the cloud answered without a job id")
+            self.job_id = str(job_id)
+        except BaseException as e:  # reported to the loop, which classifies it
+            self.error = e
+        finally:
+            self._done.set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, seconds: float) -> bool:
+        return self._done.wait(max(seconds, 0.0))
 
 
 @dataclass
@@ -235,14 +193,17 @@ class _Slot:
     phases: np.ndarray
     key: RequestKey
     job_id: str | None = None
+    creating: _CreateCall | None = None
     waiting_since: float = 0.0
     next_at: float = 0.0
-    errors: int = 0  # consecutive request failures
+    request: str = "create"  # the request being made: create, status or result
+    failures: dict[str, int] = field(default_factory=dict)  # request -> its consecutive failures
     lost_jobs: int = 0  # jobs that failed, were cancelled or timed out
     result: Evaluation | None = None
     history: list[str] = field(default_factory=list)
 
 
+# ---- the backend -----------------------------------------------------------------------------------------
 class RemoteBackend(Backend):
     """Quandela cloud through Perceval's ``RemoteProcessor`` (platform ``sim:slos``, ``qpu:belenos``...)."""
 
@@ -256,11 +217,17 @@ class RemoteBackend(Backend):
         Option("cloud-url", str, None,
                "cloud API base URL; unset: $PCVL_CLOUD_URL, else Quandela's endpoint "
                "(http://127.0.0.1:8765 for python -m backends.fake_cloud --port 8765)"),
-        Option("max-retries", int, 5, "retries per circuit after a network error, HTTP 5xx or failed job"),
-        Option("retry-backoff", float, 2.0, "first retry delay in seconds, doubled at each retry"),
-        Option("job-timeout", float, 3600.0, "seconds to wait for one job before cancelling and resending it"),
-        Option("poll-interval", float, 1.0, "seconds between job status checks"),
-        Option("request-timeout", float, 30.0, "seconds to wait for one HTTP answer"),
+        Option("max-retries", int, 5,
+               "retries of each failing cloud request (a job creation, a status check, a result fetch), counted "
+               "per request and reset when it succeeds; also the number of lost jobs resent per circuit",
+               low=0),
+        Option("retry-backoff", float, 2.0, "first retry delay in seconds, doubled at each retry", low=0),
+        Option("job-timeout", float, 3600.0, "seconds to wait for one job before cancelling and resending it",
+               low=0, low_open=True),
+        Option("poll-interval", float, 1.0, "seconds between job status checks", low=0, low_open=True),
+        Option("request-timeout", float, 30.0,
+               "seconds to wait for one HTTP answer (a job creation unanswered by then counts as uncertain)",
+               low=0, low_open=True),
     )
 
     def __init__(self, shots: int | None, seed: int = 0, max_shots: int | None = None,
@@ -293,8 +260,13 @@ class RemoteBackend(Backend):
 
         self._rpc = RPCHandler(self.platform, url, self._token)
         self._rpc.request_timeout = self.request_timeout
+        # Job creations wait longer on the wire than the loop waits for them (see _CreateCall).
+        self._create_rpc = copy.copy(self._rpc)
+        self._create_rpc.request_timeout = LATE_REPLY_FACTOR * self.request_timeout
+        self._strays: list[_CreateCall] = []  # creations the loop stopped waiting for, or left behind
         self._samplers: dict[tuple[int, int, tuple[int, ...]], Any] = {}
         self.journal = JobJournal(None if run_dir is None else Path(run_dir) / JOURNAL_NAME)
+        self._sync_counters()
         self._check_platform()
 
     # ---- settings and messages ---------------------------------------------------------------------
@@ -327,7 +299,7 @@ class RemoteBackend(Backend):
         """``auth``, ``gone`` (404), ``permanent`` (other 4xx) or ``transient`` (worth retrying)."""
         if isinstance(exc, _Permanent):
             return "permanent"
-        if isinstance(exc, (requests.Timeout, requests.ConnectionError)):
+        if isinstance(exc, (requests.Timeout, requests.ConnectionError, _Unanswered)):
             return "transient"
         code = _http_status(exc)
         if code in (401, 403):
@@ -339,9 +311,27 @@ class RemoteBackend(Backend):
         # 5xx, retryable 4xx and malformed answers (bad JSON, missing fields) are worth a new try.
         return "transient"
 
+    def _describe(self, exc: BaseException) -> str:
+        return str(exc) if isinstance(exc, (_Permanent, _Unanswered)) else _describe(exc, self.request_timeout)
+
     def _auth_failure(self, exc: BaseException) -> str:
         return self._msg(f"remote backend: the cloud at {self.url} rejected the token from {TOKEN_ENV} "
                          f"({_describe(exc, self.request_timeout)}); check it in your environment or .env")
+
+    # ---- accounting: the journal is the one source -------------------------------------------------
+    def _sync_counters(self) -> None:
+        self.counters.jobs_submitted = self.journal.account.jobs_submitted
+
+    @property
+    def shots_charged(self) -> int:
+        return self.journal.account.shots_charged
+
+    def accounting(self) -> dict[str, Any]:
+        return self.journal.account.summary()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._sync_counters()  # a checkpoint predates the jobs of a killed round; the journal does not
 
     # ---- construction-time check -------------------------------------------------------------------
     def _check_platform(self) -> None:
@@ -392,29 +382,63 @@ class RemoteBackend(Backend):
             self._samplers[key] = (processor, sampler)
         return self._samplers[key]
 
-    def _submit(self, slot: _Slot, tag: str) -> None:
+    # ---- one circuit's requests ----------------------------------------------------------------------
+    def _start_create(self, slot: _Slot, tag: str) -> None:
+        """Journal the intent, then send the creation in its own thread (the loop checks on it)."""
+        assert self.shots is not None
+        self.check_budget(self.shots, f"a job for {tag or '(untagged)'} #{slot.index}")
         processor, sampler = self._sampler(slot.qnn)
+        intent = uuid.uuid4().hex
+        name = f"pqt {tag or 'untagged'} #{slot.index} {intent[:8]}"  # findable in the cloud's job list
         try:  # local: the payload is built from the processor's copy of the circuit
             params = processor.get_circuit_parameters()
-            for name, value in zip(slot.qnn.parameter_names, slot.phases, strict=True):
-                params[name].set_value(float(value))
-            sampler.default_job_name = f"pqt {tag or 'untagged'} #{slot.index}"
-            job = sampler.sample_count
+            for pname, value in zip(slot.qnn.parameter_names, slot.phases, strict=True):
+                params[pname].set_value(float(value))
+            sampler.default_job_name = name
+            # Perceval 1.3.1 (pinned) builds the request body here; execute_async would send it with the
+            # processor's own timeout, and the creation must outlive the loop's wait (see _CreateCall).
+            payload = sampler.sample_count._create_payload_data(max_samples=self.shots)
         except Exception as e:
             raise _Permanent(f"cannot prepare the job for {slot.qnn!r}: {e}") from None
-        job.execute_async(max_samples=self.shots)  # network: create_job
-        if not job.id:
-            raise RuntimeError("the cloud answered without a job id")
-        slot.job_id = str(job.id)
-        self.counters.jobs_submitted += 1
-        # Recorded before waiting: a kill from here on costs no second job.
-        self.journal.append("submitted", slot.key, job_id=slot.job_id, job_name=sampler.default_job_name)
+        # Recorded before it is sent: a kill from here on still leaves the creation counted.
+        self.journal.append("creating", slot.key, intent=intent, shots=int(self.shots), job_name=name)
+        slot.creating = _CreateCall(self._create_rpc, payload, slot.key, intent, name)
+        slot.next_at = time.monotonic() + _CREATE_CHECK_S
+
+    def _check_create(self, slot: _Slot) -> None:
+        call = slot.creating
+        assert call is not None
+        if not call.done:
+            if time.monotonic() - call.started < self.request_timeout:
+                slot.next_at = time.monotonic() + _CREATE_CHECK_S
+                return
+            # Given up on, not forgotten: a late answer still names the job (see _harvest).
+            call.lost = True
+            self.journal.append("create_lost", call.key, intent=call.intent,
+                                reason=f"no answer within --request-timeout {self.request_timeout:g} s")
+            self._strays.append(call)
+            slot.creating = None
+            raise _Unanswered(f"job creation got no answer within {self.request_timeout:g} s (the cloud may have "
+                              "made the job: counted as uncertain)")
+        slot.creating = None
+        if call.job_id is None:
+            assert call.error is not None
+            certain = _certainly_no_job(call.error)
+            self.journal.append("create_failed" if certain else "create_lost", call.key, intent=call.intent,
+                                reason=self._msg(self._describe(call.error)))
+            raise call.error
+        self.journal.append("submitted", call.key, job_id=call.job_id, intent=call.intent, job_name=call.name)
+        self._sync_counters()
+        slot.failures.pop("create", None)
+        slot.job_id = call.job_id
+        slot.waiting_since = time.monotonic()
+        slot.next_at = slot.waiting_since + self.poll_interval
 
     def _poll(self, slot: _Slot) -> None:
         from perceval.runtime import RunningStatus
-        from perceval.runtime.legacy import RemoteJob
 
         assert slot.job_id is not None
+        slot.request = "status"
         response = self._rpc.get_job_status(slot.job_id)
         status = RunningStatus.from_server_response(str(response.get("status", "")))
         if status in (RunningStatus.ERROR, RunningStatus.CANCELED, RunningStatus.CANCEL_REQUESTED):
@@ -422,20 +446,31 @@ class RemoteBackend(Backend):
             raise _JobLost(f"job {slot.job_id} {status.name.lower()}" + (f": {reason}" if reason else ""))
         if status != RunningStatus.SUCCESS:
             if time.monotonic() - slot.waiting_since > self.job_timeout:
-                # Best effort: do not leave it to run (and bill) after giving up on it.
-                with contextlib.suppress(Exception):
-                    self._rpc.cancel_job(slot.job_id)
-                raise _JobLost(f"job {slot.job_id} still {status.name.lower()} after "
-                               f"--job-timeout {self.job_timeout:g} s")
-            slot.errors = 0  # only a completed step clears the count: a dead result endpoint must not loop
+                lost = _JobLost(f"job {slot.job_id} still {status.name.lower()} after "
+                                f"--job-timeout {self.job_timeout:g} s")
+                # Do not leave it to run (and bill) after giving up on it.
+                self._abandon(slot.key, slot.job_id, str(lost), running=True)
+                raise lost
+            slot.failures.pop("status", None)
             slot.next_at = time.monotonic() + self.poll_interval
             return
-        # Perceval rebuilds the job from its id and fetches (and converts, if needed) its results.
-        results = RemoteJob.from_id(slot.job_id, self._rpc).get_results()
+        slot.failures.pop("status", None)
+        slot.request = "result"
+        self._finish(slot, self._fetch_counts(slot.job_id))
+
+    def _fetch_counts(self, job_id: str) -> Any:
+        """The job's counts, in one request (Perceval's own result conversion applied)."""
+        from perceval.runtime.legacy import RemoteJob
+
+        job = RemoteJob(None, self._rpc, "pqt")
+        # Perceval 1.3.1 (pinned): _get_results is the one results request plus Perceval's conversion;
+        # RemoteJob.from_id(...).get_results() would add a status request that can fail on its own.
+        job._id = job_id
+        results = job._get_results()
         counts = results["results"] if isinstance(results, dict) else None
         if counts is None or not hasattr(counts, "items"):
-            raise ValueError(f"job {slot.job_id} returned no counts")
-        self._finish(slot, counts)
+            raise ValueError(f"job {job_id} returned no counts")
+        return counts
 
     def _finish(self, slot: _Slot, counts: Any) -> None:
         qnn = slot.qnn
@@ -460,6 +495,58 @@ class RemoteBackend(Backend):
                 f"{slot.qnn.photons}-photon event in {self.shots:,} shots; raise --shots"))
         return Evaluation(kept / float(total), int(self.shots), total)
 
+    # ---- abandoning and cancelling -----------------------------------------------------------------------
+    def _abandon(self, key: RequestKey, job_id: str, reason: str, running: bool) -> None:
+        """Stop waiting for a job for good; one that may still run is cancelled (or reported)."""
+        self.journal.append("abandoned", key, job_id=job_id, reason=self._msg(reason), running=running)
+        if running:
+            self._cancel(key, job_id)
+
+    def _cancel(self, key: RequestKey, job_id: str) -> None:
+        attempts = 1 + min(self.max_retries, _CANCEL_RETRIES)
+        error: BaseException | None = None
+        for attempt in range(attempts):
+            if attempt:
+                time.sleep(self._backoff(attempt))
+            try:
+                self._rpc.cancel_job(job_id)
+                self.journal.append("cancelled", key, job_id=job_id)
+                return
+            except Exception as e:
+                error = e
+                kind = self._classify(e)
+                if kind in ("permanent", "gone"):  # the cloud says no: the job has already ended
+                    self.journal.append("cancel_refused", key, job_id=job_id, reason=self._msg(self._describe(e)))
+                    return
+                if kind == "auth":
+                    break
+        assert error is not None
+        self.journal.append("cancel_failed", key, job_id=job_id, reason=self._msg(self._describe(error)))
+
+    def _harvest(self, wait: float = 0.0) -> None:
+        """Settle the creations the loop stopped waiting for, waiting at most ``wait`` seconds in all."""
+        deadline = time.monotonic() + wait
+        for call in list(self._strays):
+            if not call.wait(deadline - time.monotonic()):
+                continue
+            self._strays.remove(call)
+            if call.job_id is not None:
+                if call.lost:  # a replacement was sent: this job is an orphan
+                    self.journal.append("late_reply", call.key, job_id=call.job_id, intent=call.intent,
+                                        job_name=call.name)
+                    self._abandon(call.key, call.job_id, "the answer to its creation came after the run had "
+                                  "sent a replacement", running=True)
+                else:  # left behind by a stop: an ordinary job, which a resume can collect
+                    self.journal.append("submitted", call.key, job_id=call.job_id, intent=call.intent,
+                                        job_name=call.name)
+            elif call.error is not None and _certainly_no_job(call.error):
+                self.journal.append("create_failed", call.key, intent=call.intent,
+                                    reason=self._msg(self._describe(call.error)))
+            elif not call.lost:
+                self.journal.append("create_lost", call.key, intent=call.intent,
+                                    reason=self._msg(self._describe(call.error) if call.error else "no answer"))
+        self._sync_counters()
+
     # ---- the evaluation loop -------------------------------------------------------------------------
     def _run(self, qnns: Sequence[PhotonicQNN], phases: Sequence[np.ndarray], tag: str) -> list[Evaluation]:
         assert self.shots is not None
@@ -477,35 +564,47 @@ class RemoteBackend(Backend):
             elif (job_id := self.journal.job(slot.key)) is not None:
                 slot.job_id = job_id  # sent before a kill: wait for it rather than pay again
                 extra["jobs_resumed"] = extra.get("jobs_resumed", 0) + 1
+        new_jobs = sum(s.result is None and s.job_id is None for s in slots)
+        self.check_budget(new_jobs * self.shots, f"the next evaluation ({new_jobs} job(s) of {self.shots:,} shots)")
         now = time.monotonic()
         for slot in slots:
             slot.waiting_since = slot.next_at = now
-        # Submissions come first in each pass (slots without a job are due at once), then polls.
-        while pending := [s for s in slots if s.result is None]:
-            now = time.monotonic()
-            due = sorted((s for s in pending if s.next_at <= now), key=lambda s: s.job_id is not None)
-            for slot in due:
-                self._step(slot, tag)
-            pending = [s for s in slots if s.result is None]
-            if pending:
-                delay = min(s.next_at for s in pending) - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
+        try:
+            # Submissions come first in each pass (slots without a job are due at once), then polls.
+            while pending := [s for s in slots if s.result is None]:
+                self._harvest()
+                now = time.monotonic()
+                due = sorted((s for s in pending if s.next_at <= now), key=lambda s: s.job_id is not None)
+                for slot in due:
+                    self._step(slot, tag)
+                pending = [s for s in slots if s.result is None]
+                if pending:
+                    delay = min(s.next_at for s in pending) - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+        finally:
+            # Creations still in flight when the loop stops early are settled by close().
+            self._strays.extend(s.creating for s in slots if s.creating is not None)
         return [s.result for s in slots if s.result is not None]
 
     def _step(self, slot: _Slot, tag: str) -> None:
-        """One action for one circuit (submit or poll); failures schedule a retry or give up."""
+        """One action for one circuit (create, check a creation, poll); failures schedule a retry or give up.
+
+        Retries are counted per request (``slot.request``: create, status or result): a failing request
+        may be retried ``--max-retries`` times in a row, and its count restarts when it succeeds.
+        """
         extra = self.counters.extra
         try:
-            if slot.job_id is None:
-                self._submit(slot, tag)
-                slot.errors = 0
-                slot.waiting_since = time.monotonic()
-                slot.next_at = slot.waiting_since + self.poll_interval
+            if slot.creating is not None:
+                slot.request = "create"
+                self._check_create(slot)
+            elif slot.job_id is None:
+                slot.request = "create"
+                self._start_create(slot, tag)
             else:
                 self._poll(slot)
             return
-        except BackendFailure:
+        except (BackendFailure, BudgetExhausted):
             raise
         except _JobLost as e:
             lost: BaseException = e
@@ -516,32 +615,71 @@ class RemoteBackend(Backend):
             if kind == "permanent" or (kind == "gone" and slot.job_id is None):
                 raise BackendFailure(self._msg(
                     f"remote backend: {self._where()} refused request {tag or '(untagged)'} #{slot.index}: "
-                    f"{e if isinstance(e, _Permanent) else _describe(e, self.request_timeout)}")) from None
+                    f"{self._describe(e)}")) from None
             if kind == "transient":
-                slot.errors += 1
-                slot.history.append(_describe(e, self.request_timeout))
+                count = slot.failures[slot.request] = slot.failures.get(slot.request, 0) + 1
+                slot.history.append(f"{slot.request} request: {self._describe(e)}")
                 extra["request_retries"] = extra.get("request_retries", 0) + 1
-                if slot.errors > self.max_retries:
-                    self._give_up(slot, tag, "request", slot.errors)
-                slot.next_at = time.monotonic() + self._backoff(slot.errors)
+                if count > self.max_retries:
+                    self._give_up(slot, tag, f"the {slot.request} request", count)
+                slot.next_at = time.monotonic() + self._backoff(count)
                 return
-            lost = _JobLost(f"job {slot.job_id} is unknown to the cloud ({_describe(e, self.request_timeout)})")
-        # The job is lost: record that, then send a new one after a pause.
+            lost = _JobLost(f"job {slot.job_id} is unknown to the cloud ({self._describe(e)})")
+        # The job is lost: record that (a timed-out one was already abandoned and cancelled), then send a new one.
         assert slot.job_id is not None
-        self.journal.append("abandoned", slot.key, job_id=slot.job_id, reason=self._msg(str(lost)))
+        if slot.job_id not in self.journal.account.abandoned:
+            self._abandon(slot.key, slot.job_id, str(lost), running=False)
         slot.history.append(str(lost))
-        slot.job_id, slot.errors = None, 0
+        slot.job_id = None
+        slot.failures.clear()
         slot.lost_jobs += 1
         extra["job_retries"] = extra.get("job_retries", 0) + 1
         if slot.lost_jobs > self.max_retries:
-            self._give_up(slot, tag, "job", slot.lost_jobs)
+            self._give_up(slot, tag, "the job", slot.lost_jobs)
         slot.next_at = time.monotonic() + self._backoff(slot.lost_jobs)
 
     def _give_up(self, slot: _Slot, tag: str, what: str, failures: int) -> None:
         raise BackendFailure(self._msg(
             f"remote backend: {self._where()}: {what} for {tag or '(untagged)'} #{slot.index} failed "
-            f"{failures} times (--max-retries {self.max_retries}); last error: {slot.history[-1]}; "
+            f"{failures} times in a row (--max-retries {self.max_retries}); last error: {slot.history[-1]}; "
             "recorded jobs are reused by pqt train --resume"))
 
-    def close(self) -> None:
+    # ---- the end of an attempt -------------------------------------------------------------------------------
+    def close(self, outcome: str = "stopped") -> list[str]:
+        """Settle unanswered creations, cancel abandoned jobs, and say what may still run on the cloud.
+
+        A finished run has no use for jobs it never consumed (a resume that changed a setting replays
+        other requests): they are abandoned and cancelled. A stopped run keeps them for its resume.
+        """
+        interrupted = outcome == "interrupted"
+        self._harvest(wait=0.0 if interrupted else self.request_timeout * LATE_REPLY_FACTOR)
+        account = self.journal.account
+        if not interrupted:
+            # Cancels that failed earlier (in this attempt or a killed one) get one more try.
+            for job_id in account.not_cancelled():
+                if (key := self.journal.key_of(job_id)) is not None:
+                    self._cancel(key, job_id)
+            if outcome == "finished":
+                for job_id in account.pending():
+                    if (key := self.journal.key_of(job_id)) is not None:
+                        self._abandon(key, job_id, "the run finished without needing it", running=True)
         self._samplers.clear()
+        return self._notes(outcome)
+
+    def _notes(self, outcome: str) -> list[str]:
+        account = self.journal.account
+        notes = []
+        if account.jobs_uncertain:
+            names = account.uncertain_names()
+            shown = ", ".join(f"'{n}'" for n in names[:3]) + (", ..." if len(names) > 3 else "")
+            notes.append(f"{account.jobs_uncertain} job creation(s) got no answer: the cloud may hold unused "
+                         f"job(s) for them (charged against --max-shots; job names {shown})")
+        left = account.not_cancelled()
+        if left:
+            notes.append(f"{len(left)} abandoned job(s) could not be cancelled and may still be running: "
+                         f"{', '.join(left)}")
+        pending = account.pending()
+        if pending and outcome != "finished":
+            notes.append(f"{len(pending)} job(s) still on the cloud are kept for pqt train --resume, which "
+                         f"collects their results: {', '.join(pending)}")
+        return [self._msg(n) for n in notes]

@@ -27,6 +27,19 @@ def _parse_number(text: str, kind: type) -> Any:
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
 
 
+def whole_number(low: int) -> Any:
+    """argparse ``type=`` for a plain count flag (``--jobs``, ``--repeats``): a whole number >= ``low``."""
+
+    def convert(text: str) -> int:
+        value = _parse_number(text, int)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {low} (got {value})")
+        return value
+
+    convert.__name__ = "int"
+    return convert
+
+
 def _converter(f: dataclasses.Field) -> Any:
     """argparse ``type=`` for a field: parse, then check the range; errors name the allowed range."""
     kind = field_kind(f)
@@ -55,26 +68,31 @@ def _default_text(f: dataclasses.Field, default: Any) -> str:
     return str(default)
 
 
+def add_setting_flag(container: Any, f: dataclasses.Field, default: Any) -> None:
+    """The flag of one dataclass setting (its metadata: help, choices or range, nargs), default SUPPRESSed:
+    only flags given override a --config file."""
+    meta = f.metadata
+    flag = meta["flag"] or "--" + f.name.replace("_", "-")
+    kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
+                              "help": f"{meta['help']} (default: {_default_text(f, default)})"}
+    if meta["choices"]:
+        kwargs["choices"] = meta["choices"]
+    else:
+        kwargs["type"] = _converter(f)
+        kwargs["metavar"] = meta["metavar"] or f.name.split("_")[-1].upper()
+    if meta["nargs"]:
+        kwargs["nargs"] = meta["nargs"]
+    container.add_argument(flag, **kwargs)
+
+
 def add_config_flags(p: argparse.ArgumentParser) -> None:
-    """Every TrainConfig setting as a flag (defaults SUPPRESSed: only given flags override a --config file)."""
+    """Every TrainConfig setting as a flag, in its --help group, plus the backends' options."""
     defaults = TrainConfig()
     p.add_argument("--config", metavar="FILE", help="JSON or TOML file of config keys; flags override it")
     groups = {key: p.add_argument_group(title) for key, title in GROUPS.items()}
     for f in dataclasses.fields(TrainConfig):
-        meta = f.metadata
-        if not meta.get("cli"):
-            continue
-        flag = meta["flag"] or "--" + f.name.replace("_", "-")
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                                  "help": f"{meta['help']} (default: {_default_text(f, getattr(defaults, f.name))})"}
-        if meta["choices"]:
-            kwargs["choices"] = meta["choices"]
-        else:
-            kwargs["type"] = _converter(f)
-            kwargs["metavar"] = meta["metavar"] or f.name.split("_")[-1].upper()
-        if meta["nargs"]:
-            kwargs["nargs"] = meta["nargs"]
-        groups[meta["group"]].add_argument(flag, **kwargs)
+        if f.metadata.get("cli"):
+            add_setting_flag(groups[f.metadata["group"]], f, getattr(defaults, f.name))
     groups["target"].add_argument("--no-fast-path", dest="fast_path", action="store_false", default=argparse.SUPPRESS,
                                   help="use the plain functional forward everywhere (for checks and timings)")
     _add_backend_flags(p)
@@ -91,9 +109,25 @@ def _add_backend_flags(p: argparse.ArgumentParser) -> None:
         group = p.add_argument_group(f"backend {name}")
         for opt in options:
             seen.add(opt.name)
-            group.add_argument(f"--{opt.name}", dest=BACKEND_OPTION + opt.key, type=opt.type,
+            group.add_argument(f"--{opt.name}", dest=BACKEND_OPTION + opt.key, type=_option_converter(opt),
                                metavar=opt.key.split("_")[-1].upper(), default=argparse.SUPPRESS,
                                help=f"{opt.help} (default: {opt.default})")
+
+
+def _option_converter(opt: Any) -> Any:
+    """argparse ``type=`` for a backend option: parse, then check its range (as for TrainConfig's flags)."""
+    if opt.type not in (int, float):
+        return opt.type
+
+    def convert(text: str) -> Any:
+        value = _parse_number(text, opt.type)
+        try:
+            return check_value(opt.key, opt.metadata(), value, opt.type)
+        except UserError as e:  # "--flag: ...": argparse already names the flag
+            raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
+
+    convert.__name__ = opt.type.__name__
+    return convert
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

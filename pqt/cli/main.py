@@ -34,6 +34,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command (cheap: building it imports neither torch nor Perceval)."""
     from pqt.cli.deploy import add_deploy_parsers
+    from pqt.cli.flags import whole_number
     from pqt.cli.studies import add_baseline_parser, add_figures_parser, add_sweep_parser
     from pqt.cli.train import add_train_parsers
 
@@ -45,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_deploy_parsers(sub)
     p = sub.add_parser("bench", help="time our paths against the straightforward ones and the peers, in one run")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--repeats", type=int, default=15, help="timed repeats per measurement (median reported)")
+    p.add_argument("--repeats", type=whole_number(1), default=15, metavar="N",
+                   help="timed repeats per measurement (median reported; default: 15)")
     p.add_argument("--only", nargs="+", metavar="SECTION", help="run only these sections (default: all)")
     p.set_defaults(func=_cmd_bench)
     add_sweep_parser(sub)

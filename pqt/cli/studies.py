@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -53,11 +54,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def add_sweep_parser(sub: Any) -> None:
     """Register ``pqt sweep`` on the CLI's subparsers object."""
+    from pqt.cli.flags import whole_number
     from pqt.studies.sweep import DEFAULT_OUT, DEFAULT_RESULTS
 
     p = sub.add_parser("sweep", help="run a study (grid of runs) from a TOML file and aggregate its tables")
     p.add_argument("study", help="study TOML file (see experiments/README.md)")
-    p.add_argument("--jobs", type=int, default=1,
+    p.add_argument("--jobs", type=whole_number(1), default=1, metavar="N",
                    help="runs in parallel, each in its own process with cores/jobs torch threads (default: 1)")
     p.add_argument("--out", help=f"root of the run directories (default: {DEFAULT_OUT})")
     p.add_argument("--results", help=f"folder of the result tables (default: {DEFAULT_RESULTS}; with --set: "
@@ -79,24 +81,6 @@ def add_sweep_parser(sub: Any) -> None:
     p.set_defaults(func=_cmd_sweep)
 
 
-_FLAGS: list[tuple[str, str, Any, str]] = [
-    ("--epochs", "epochs", int, "training epochs"),
-    ("--lr", "lr", float, "Adam learning rate"),
-    ("--batch-size", "batch_size", int, "batch size"),
-    ("--seed", "seed", int, "random seed (initialisation, pruning mask, shuffling)"),
-    ("--share-k", "share_k", int, "weight-sharing: shared row vectors per layer"),
-    ("--keep-ratio", "keep_ratio", float, "pruning: fraction of each weight tensor kept, in (0, 1]"),
-    ("--activation", "activation", str, "target activation: none (paper), relu, tanh, gelu"),
-    ("--dataset", "dataset", str, "mnist, fashion-mnist, perceval-quest or partial-mnist"),
-    ("--data-dir", "data_dir", str, "folder holding the data (else PQT_DATA_DIR, else ../shared/data)"),
-    ("--train-limit", "train_limit", int, "use only the first N training images"),
-    ("--test-limit", "test_limit", int, "use only the first N test images"),
-    ("--validation-size", "validation_size", int, "hold out the last N training images as a validation set"),
-    ("--device", "device", str, "torch device (cpu, cuda)"),
-    ("--threads", "threads", int, "torch threads (default: torch's choice)"),
-]
-
-
 def _cmd_baseline(args: argparse.Namespace) -> int:
     from pqt.studies.baseline_config import BaselineConfig
     from pqt.studies.baselines import run_baseline, trainable_count
@@ -104,13 +88,11 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     from pqt.training.config import load_config_file
 
     data: dict[str, Any] = load_config_file(args.config) if args.config else {}
-    for _, key, _, _ in _FLAGS:
-        if hasattr(args, key):
-            data[key] = getattr(args, key)
+    for f in dataclasses.fields(BaselineConfig):
+        if hasattr(args, f.name):
+            data[f.name] = getattr(args, f.name)
     if args.method is not None:
         data["method"] = args.method
-    if getattr(args, "share_layers", None) is not None:
-        data["share_layers"] = args.share_layers
     config = BaselineConfig.from_dict(data).validate()
     out = Path(args.out) if args.out else Path("runs") / f"baseline-{config.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.count_only:
@@ -135,6 +117,7 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 
 def add_baseline_parser(sub: Any) -> None:
     """Register ``pqt baseline`` on the CLI's subparsers object."""
+    from pqt.cli.flags import add_setting_flag
     from pqt.studies.baseline_config import METHODS, BaselineConfig
 
     defaults = BaselineConfig()
@@ -142,11 +125,9 @@ def add_baseline_parser(sub: Any) -> None:
                                         "pruning")
     p.add_argument("--method", choices=METHODS, default=None, help="baseline method (default: classical)")
     p.add_argument("--config", help="JSON or TOML file of baseline keys; flags override it")
-    for flag, key, typ, text in _FLAGS:
-        p.add_argument(flag, dest=key, type=typ, default=argparse.SUPPRESS,
-                       help=f"{text} (default: {getattr(defaults, key)})")
-    p.add_argument("--share-layers", nargs="+", default=None,
-                   help="weight-sharing: layers to share (default: all weight layers: conv1 conv2 fc1 fc2)")
+    for f in dataclasses.fields(BaselineConfig):
+        if f.metadata.get("cli"):
+            add_setting_flag(p, f, getattr(defaults, f.name))
     p.add_argument("--out", help="run directory (default: runs/baseline-<method>-<timestamp>); an existing "
                                  "unfinished run there is resumed, a finished one skipped")
     p.add_argument("--count-only", action="store_true", help="print the exact trainable parameter count and stop")

@@ -169,6 +169,7 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         for f in dataclasses.fields(self):
             check_setting(f, getattr(self, f.name))
+        check_backend_options(self.backend, self.backend_options)
         if self.generator == "photonic":
             if len(self.qnn_modes) != len(self.qnn_photons) or not self.qnn_modes:
                 raise UserError("give one photon number per photonic QNN (--modes 9 8 --photons 4 4)")
@@ -223,7 +224,7 @@ def check_value(name: str, meta: dict[str, Any], value: Any, kind: type) -> Any:
         if value not in meta["choices"]:
             raise UserError(f"{flag}: {label(meta)} must be one of {', '.join(meta['choices'])} (got {value!r})")
         return value
-    if meta["low"] is None:
+    if kind not in (int, float):
         return value
     bad = isinstance(value, bool) or not isinstance(value, int | float)
     if kind is int and not bad and (isinstance(value, float) and not value.is_integer()):
@@ -231,11 +232,13 @@ def check_value(name: str, meta: dict[str, Any], value: Any, kind: type) -> Any:
     if not bad:
         number = float(value)
         low, high = meta["low"], meta["high"]
-        bad = not math.isfinite(number) or number < low or (meta["low_open"] and number == low)
+        bad = not math.isfinite(number)
+        bad = bad or (low is not None and (number < low or (meta["low_open"] and number == low)))
         bad = bad or (high is not None and (number > high or (meta["high_open"] and number == high)))
     if bad:
         what = "a whole number" if kind is int else "a number"
-        raise UserError(f"{flag}: {label(meta)} must be {what} {_allowed(meta)} (got {value!r}){meta['hint']}")
+        allowed = f" {_allowed(meta)}" if meta["low"] is not None else ""
+        raise UserError(f"{flag}: {label(meta)} must be {what}{allowed} (got {value!r}){meta['hint']}")
     return value
 
 
@@ -262,8 +265,36 @@ def check_setting(f: dataclasses.Field, value: Any) -> None:
     elif kind is bool:
         if not isinstance(value, bool):
             raise UserError(f"config key {f.name} must be true or false (got {value!r})")
+    elif f.name == "backend_options":
+        if not isinstance(value, dict):
+            raise UserError(f"config key backend_options must be a table of backend settings (got {value!r})")
+    elif kind is str and meta["choices"] is None and not isinstance(value, str):
+        raise UserError(f"config key {f.name} ({label(meta)}) must be a string (got {value!r})")
     else:
         check_value(f.name, meta, value, kind)
+
+
+def check_backend_options(backend: str, options: dict[str, Any]) -> None:
+    """Each backend option must be one the chosen backend takes, of its type and in its range."""
+    import backends
+
+    known = {o.key: o for o in backends.backend_class(backend).options if not o.secret}
+    others = sorted(set(options) - set(known))
+    if others:
+        names = ", ".join("--" + k.replace("_", "-") for k in others)
+        takes = ", ".join("--" + o.name for o in known.values()) or "no options"
+        verb = "does" if len(others) == 1 else "do"
+        raise UserError(f"{names} {verb} not apply to --backend {backend} (it takes {takes}); remove it or choose "
+                        "the backend it belongs to")
+    for key, value in options.items():
+        option = known[key]
+        if value is None:
+            continue
+        if option.type is str:
+            if not isinstance(value, str):
+                raise UserError(f"--{option.name} must be a string (got {value!r})")
+            continue
+        check_value(key, option.metadata(), value, option.type)
 
 
 def check_known_keys(cls: type, data: dict[str, Any], what: str) -> None:
