@@ -23,9 +23,12 @@ photons, but bunched (non collision-free) outcomes do occur.
 Fault injection (:meth:`FakeCloud.inject`) queues faults for the next requests or jobs:
 
 * ``"5xx"`` / ``"timeout"``: the next request answers HTTP 503 / is held ``timeout_delay`` seconds
-  and then dropped unanswered (it has no effect). ``"5xx:create"``, ``"timeout:status"``, ... aim
-  at one endpoint (``platform``, ``create``, ``status``, ``result``, ``cancel``, ``rerun``,
-  ``availability``).
+  and then dropped unanswered (it has no effect).
+* ``"lost"``: the next request takes effect (a ``create`` makes its job), then its reply is held
+  ``timeout_delay`` seconds and dropped: the client cannot know what happened. ``"late"``: the same,
+  but the reply is sent after the delay (a client that stopped waiting may still read it).
+* ``"5xx:create"``, ``"timeout:status"``, ``"lost:create"``, ... aim at one endpoint (``platform``,
+  ``create``, ``status``, ``result``, ``cancel``, ``rerun``, ``availability``).
 * ``"fail"`` / ``"cancel"``: the next created job ends in error / is cancelled remotely.
 * ``"stuck"``: the next created job stays running until cancelled; ``"hold"``: it stays running
   until :meth:`FakeCloud.release` is called.
@@ -64,7 +67,7 @@ MAX_MODES = 20
 MAX_PHOTONS = 6
 DEFAULT_PLATFORMS = ("sim:slos", "sim:belenos", "qpu:belenos", "qpu:ascella")
 
-REQUEST_FAULTS = ("5xx", "timeout")
+REQUEST_FAULTS = ("5xx", "timeout", "lost", "late")
 JOB_FAULTS = ("fail", "cancel", "stuck", "hold")
 ENDPOINTS = ("platform", "create", "status", "result", "cancel", "rerun", "availability")
 
@@ -441,6 +444,12 @@ class _Handler(BaseHTTPRequestHandler):
             raise _ApiError(400, "request body is not JSON") from None
 
     def _dispatch(self, method: str) -> None:
+        try:
+            self._answer(method)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client stopped waiting: nothing to answer
+
+    def _answer(self, method: str) -> None:
         path = urlsplit(self.path).path.rstrip("/") or "/"
         try:
             route = next(((name, m) for meth, pat, name in _ROUTES if meth == method
@@ -462,7 +471,19 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if fault == "5xx":
                 raise _ApiError(503, "simulated service unavailability")
-            self._send(200, self.cloud.handle(method, path, body, endpoint, match.groupdict().get("arg")))
+            arg = match.groupdict().get("arg")
+            if fault in ("lost", "late"):  # the request takes effect; its reply is late, or never comes
+                try:
+                    code, reply = 200, self.cloud.handle(method, path, body, endpoint, arg)
+                except _ApiError as e:
+                    code, reply = e.code, {"error": str(e)}
+                self.cloud._sleep(self.cloud.timeout_delay)
+                if fault == "lost":
+                    self.close_connection = True
+                    return
+                self._send(code, reply)
+                return
+            self._send(200, self.cloud.handle(method, path, body, endpoint, arg))
         except _ApiError as e:
             self._send(e.code, {"error": str(e)})
         except Exception as e:  # a bug here must answer 500, not hang the client
@@ -481,12 +502,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-delay", type=float, default=2.0,
                         help="seconds a request is held by an injected 'timeout' fault")
     parser.add_argument("--fault", action="append", default=[],
-                        help="queue a fault at start (repeatable): 5xx, timeout, 5xx:create, fail, ...")
+                        help="queue a fault at start (repeatable): 5xx, timeout, lost, late, 5xx:create, lost:create, "
+                             "fail, ...")
     parser.add_argument("--verbose", action="store_true", help="log each request (method, path, status)")
     args = parser.parse_args(argv)
     token = args.token or os.environ.get("PCVL_CLOUD_TOKEN", "")
     if not token:
         parser.error("give --token T (or set PCVL_CLOUD_TOKEN): clients must send it as their cloud token")
+    import perceval.serialization  # noqa: F401  (imported before serving: the first requests must not wait for it)
+
     try:
         cloud = FakeCloud(token, port=args.port, seed=args.seed, job_duration=args.job_duration,
                           timeout_delay=args.timeout_delay, verbose=args.verbose)

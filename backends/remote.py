@@ -582,9 +582,15 @@ class RemoteBackend(Backend):
                     delay = min(s.next_at for s in pending) - time.monotonic()
                     if delay > 0:
                         time.sleep(delay)
-        finally:
-            # Creations still in flight when the loop stops early are settled by close().
+        except KeyboardInterrupt:
+            # The user wants out now: creations in flight stay journaled as intents (close() settles them).
             self._strays.extend(s.creating for s in slots if s.creating is not None)
+            raise
+        except BaseException:
+            # Stopping on a failure: give creations in flight their answer, so that a resume finds their jobs.
+            self._strays.extend(s.creating for s in slots if s.creating is not None)
+            self._harvest(wait=self.request_timeout)
+            raise
         return [s.result for s in slots if s.result is not None]
 
     def _step(self, slot: _Slot, tag: str) -> None:
