@@ -20,7 +20,8 @@ command and shot limits) is deserialized and simulated with local SLOS: exact pr
 seeded multinomial draw of the requested shots. The simulation is ideal, so every shot detects all
 photons, but bunched (non collision-free) outcomes do occur.
 
-Fault injection (:meth:`FakeCloud.inject`) queues faults for the next requests or jobs:
+Fault injection (:meth:`FakeCloud.inject`) queues faults for the next requests or jobs, and
+``error_rate`` makes any request fail with HTTP 503 at that (seeded) probability:
 
 * ``"5xx"`` / ``"timeout"``: the next request answers HTTP 503 / is held ``timeout_delay`` seconds
   and then dropped unanswered (it has no effect).
@@ -195,7 +196,7 @@ class FakeCloud:
 
     def __init__(self, token: str, *, port: int = 0, seed: int = 0, job_duration: float = 0.0,
                  timeout_delay: float = 2.0, platforms: Iterable[str] = DEFAULT_PLATFORMS,
-                 verbose: bool = False) -> None:
+                 verbose: bool = False, error_rate: float = 0.0) -> None:
         if not token:
             raise ValueError("the fake cloud needs a token")
         self._token = token
@@ -205,6 +206,12 @@ class FakeCloud:
         self.timeout_delay = min(float(timeout_delay), MAX_FAULT_DELAY_S)
         self.platforms = tuple(platforms)
         self.verbose = verbose
+        if not 0.0 <= error_rate < 1.0:
+            raise ValueError(f"error_rate must be in [0, 1) (got {error_rate})")
+        # Every authenticated request fails with HTTP 503 with this probability (seeded), beside queued faults.
+        self.error_rate = float(error_rate)
+        self._error_rng = np.random.default_rng([self.seed, 0xE77])
+        self.random_errors = 0  # requests failed by error_rate
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._faults = _Faults()
@@ -308,6 +315,9 @@ class FakeCloud:
                 if target is None or target == endpoint:
                     del self._faults.requests[i]
                     return kind
+            if self.error_rate and self._error_rng.random() < self.error_rate:
+                self.random_errors += 1
+                return "5xx"
         return None
 
     def _sleep(self, seconds: float) -> None:
@@ -504,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fault", action="append", default=[],
                         help="queue a fault at start (repeatable): 5xx, timeout, lost, late, 5xx:create, lost:create, "
                              "fail, ...")
+    parser.add_argument("--error-rate", type=float, default=0.0,
+                        help="probability that any request fails with HTTP 503 (default: 0)")
     parser.add_argument("--verbose", action="store_true", help="log each request (method, path, status)")
     args = parser.parse_args(argv)
     token = args.token or os.environ.get("PCVL_CLOUD_TOKEN", "")
@@ -513,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cloud = FakeCloud(token, port=args.port, seed=args.seed, job_duration=args.job_duration,
-                          timeout_delay=args.timeout_delay, verbose=args.verbose)
+                          timeout_delay=args.timeout_delay, verbose=args.verbose, error_rate=args.error_rate)
         cloud.inject(args.fault)
         cloud.start()
     except (OSError, ValueError) as e:

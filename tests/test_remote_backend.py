@@ -427,3 +427,127 @@ def test_fake_cloud_command_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "backends.fake_cloud", "--port", "0"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=30)
     assert done.returncode != 0 and "--token" in done.stderr
+
+
+# ---- every job accounted for (issue 9) ------------------------------------------------------------------
+def events(run_dir: Path, event: str) -> list[dict]:
+    return [r for r in journal(run_dir) if r["event"] == event]
+
+
+def test_lost_create_reply_is_journaled_uncertain_and_charged(cloud, tmp_path):
+    """The cloud makes the job but the reply never comes: the journal and the counters say so."""
+    backend = make(cloud, tmp_path, shots=1000)
+    before = cloud.jobs_created
+    cloud.inject(["lost:create"])
+    out = backend.evaluate([Q1, Q2], [P1, P2], tag="r1/cobyla/0")
+    assert [len(e.probs) for e in out] == [len(Q1.outcomes), len(Q2.outcomes)]
+    assert cloud.jobs_created - before == 3  # the lost one exists on the cloud, unseen by the client
+    assert len(events(tmp_path, "creating")) == 3 and len(events(tmp_path, "create_lost")) == 1
+    account = backend.accounting()
+    assert account["jobs_submitted"] == 2 and account["jobs_uncertain"] == 1
+    assert account["shots_charged"] == 3 * 1000  # the worst case: the unanswered creation made a job
+    assert backend.counters.shots_used == 2 * 1000  # what the results used
+    notes = backend.close()
+    assert len(notes) == 1 and "1 job creation(s) got no answer" in notes[0] and "'pqt r1/cobyla/0 #" in notes[0]
+    # A new process on the run reads the same account from the journal.
+    assert make(cloud, tmp_path).accounting() == {**account, "jobs_not_cancelled": []}
+
+
+def test_late_create_reply_names_the_orphan_which_is_cancelled(cloud, tmp_path):
+    backend = make(cloud, tmp_path, shots=1000)
+    before, cancelled = cloud.jobs_created, cloud.statuses()["canceled"]
+    cloud.inject(["late:create"])  # the reply comes after --request-timeout (0.75 s): a replacement is sent
+    backend.evaluate([Q1], [P1], tag="r2/cobyla/0")
+    assert cloud.jobs_created - before == 2
+    assert backend.close("finished") == []  # waits for the late reply, then cancels its job
+    (late,) = events(tmp_path, "late_reply")
+    assert [r["job_id"] for r in events(tmp_path, "cancelled")] == [late["job_id"]]
+    assert cloud.job_status(late["job_id"]) == "canceled" and cloud.statuses()["canceled"] == cancelled + 1
+    account = backend.accounting()
+    assert (account["jobs_submitted"], account["jobs_uncertain"], account["jobs_abandoned"]) == (2, 0, 1)
+    assert account["jobs_not_cancelled"] == [] and account["shots_charged"] == 2000
+
+
+def test_budget_holds_in_the_worst_case(cloud, tmp_path):
+    """Shots the cloud may bill never exceed --max-shots, even when a creation's reply is lost."""
+    backend = make(cloud, tmp_path, shots=1000, max_shots=2500)
+    backend.max_shots = 2500
+    before = cloud.jobs_created
+    cloud.inject(["lost:create"])
+    with pytest.raises(BudgetExhausted) as err:
+        backend.evaluate([Q1, Q2], [P1, P2], tag="r3/cobyla/0")
+    assert "unanswered job creations" in str(err.value) and "\n" not in str(err.value)
+    assert (cloud.jobs_created - before) * 1000 <= 2500  # a replacement would have made it 3,000
+    assert backend.shots_charged == 2000
+
+
+def test_retries_are_counted_per_request_not_per_job(cloud, tmp_path):
+    """Each request (creation, status, result) may fail --max-retries times; a success restarts its count."""
+    backend = make(cloud, tmp_path, max_retries=1)
+    cloud.inject(["5xx:create", "5xx:status", "5xx:result"])
+    out = backend.evaluate([Q1], [P1], tag="r4/cobyla/0")  # three failures in all, one per request
+    assert_valid(out[0], Q1, 2000)
+    assert backend.counters.extra["request_retries"] == 3
+
+
+def test_a_high_error_rate_does_not_defeat_max_retries(tmp_path, monkeypatch):
+    """40% of all requests fail: --max-retries 8 per request still gets every job through."""
+    with FakeCloud(TOKEN, seed=5, error_rate=0.4) as flaky:
+        backend = make(flaky, tmp_path, max_retries=8, shots=500)
+        for k in range(3):
+            out = backend.evaluate([Q1, Q2], [P1, P2], tag=f"r5/cobyla/{k}")
+            assert [e.shots_sent for e in out] == [500, 500]
+        assert flaky.random_errors >= 5
+        assert backend.accounting()["jobs_submitted"] == flaky.jobs_created == 6
+
+
+def test_a_job_whose_cancel_fails_is_named_then_cancelled_later(cloud, tmp_path):
+    backend = make(cloud, tmp_path, job_timeout=0.3)
+    cloud.inject(["stuck"] + ["5xx:cancel"] * 6)  # the loop's 3 cancel attempts and close()'s 3 all fail
+    out = backend.evaluate([Q1], [P1], tag="r6/eval")
+    assert_valid(out[0], Q1, 2000)
+    (stuck,) = events(tmp_path, "abandoned")
+    assert stuck["running"] and cloud.job_status(stuck["job_id"]) == "running"
+    notes = backend.close("stopped")
+    assert any("could not be cancelled" in n and stuck["job_id"] in n for n in notes)
+    assert backend.accounting()["jobs_not_cancelled"] == [stuck["job_id"]]
+    # The next attempt on the run (pqt train --resume) tries again, and succeeds.
+    assert make(cloud, tmp_path).close("stopped") == []
+    assert cloud.job_status(stuck["job_id"]) == "canceled"
+
+
+def test_a_finished_run_cancels_the_jobs_it_never_used(cloud, tmp_path):
+    first = make(cloud, tmp_path, max_retries=0)
+    cloud.inject(["hold", "hold", "5xx:status"])
+    with pytest.raises(BackendFailure):
+        first.evaluate([Q1, Q2], [P1, P2], tag="r7/cobyla/0")
+    notes = first.close("stopped")
+    held = [r["job_id"] for r in events(tmp_path, "submitted")]
+    assert len(held) == 2 and any("kept for pqt train --resume" in n for n in notes)
+    assert {cloud.job_status(j) for j in held} <= {"waiting", "running"}
+    # A resume that replays other requests (say, a changed --adam-lr) finishes without them: they are cancelled.
+    second = make(cloud, tmp_path)
+    second.evaluate([Q1, Q2], [P1 + 0.5, P2], tag="r7/cobyla/0")
+    assert second.close("finished") == []
+    assert {cloud.job_status(j) for j in held} == {"canceled"}
+    assert second.accounting()["jobs_abandoned"] == 2
+
+
+def test_counters_after_a_restart_equal_the_journal(cloud, tmp_path):
+    """Jobs that failed before a kill stay counted: the checkpoint predates them, the journal does not."""
+    first = make(cloud, tmp_path)
+    checkpointed = first.state_dict()  # the last checkpoint, written before this evaluation
+    before = cloud.jobs_created
+    cloud.inject(["fail", "cancel"])
+    first.evaluate([Q1, Q2], [P1, P2], tag="r8/cobyla/0")
+    created = cloud.jobs_created - before
+    assert created == 4
+    second = make(cloud, tmp_path)  # the resumed process
+    second.load_state_dict(checkpointed)
+    assert second.counters.jobs_submitted == created == len(events(tmp_path, "submitted"))
+    assert second.accounting()["jobs_abandoned"] == 2
+
+
+def test_max_retries_help_says_per_request():
+    help_text = {o.name: o.help for o in RemoteBackend.options}["max-retries"]
+    assert "per request" in help_text
