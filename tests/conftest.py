@@ -56,8 +56,10 @@ class RunTools:
 
     @staticmethod
     def without_timing(metrics: dict[str, Any]) -> dict[str, Any]:
-        # timing, and the record of how the run was resumed (a new key; what was computed must still match)
-        m = {k: v for k, v in metrics.items() if k not in ("wall_seconds", "resumes")}
+        # timing (total, this attempt, the rounds', each attempt's), and the record of how the run was resumed:
+        # what was computed must still match
+        m = {k: v for k, v in metrics.items()
+             if k not in ("wall_seconds", "wall_seconds_attempt", "rounds_seconds", "attempts", "resumes")}
         m["history"] = [{k: v for k, v in e.items() if k != "seconds"} for e in metrics["history"]]
         return m
 

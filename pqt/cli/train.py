@@ -11,14 +11,7 @@ from typing import Any
 
 from pqt.cli.flags import add_config_flags, config_from_args, given_settings
 from pqt.errors import UserError
-from pqt.training.config import TrainConfig
-
-# What a resumed run may change: how fast it learns from here on, how long it runs, what it may spend, and
-# how it talks to the cloud. Anything else would make the resumed run a different experiment.
-RESUME_CHANGEABLE = {"adam_lr", "phase_lr", "rounds", "max_shots", "threads", "device",
-                     "backend_options.cloud_url", "backend_options.max_retries", "backend_options.retry_backoff",
-                     "backend_options.job_timeout", "backend_options.poll_interval",
-                     "backend_options.request_timeout"}
+from pqt.training.config import RESUME_CHANGEABLE, TrainConfig, flat_settings, setting_differences
 
 
 def add_train_parsers(sub: Any) -> None:
@@ -36,6 +29,9 @@ def add_train_parsers(sub: Any) -> None:
 
     p = sub.add_parser("plan", help="circuit evaluations, cloud jobs and shots a configuration needs")
     add_config_flags(p)
+    p.add_argument("--resume", metavar="DIR",
+                   help="plan the rest of the run in DIR: what it has spent (its job journal: submitted, uncertain, "
+                        "abandoned and not cancelled jobs; shots charged) and what finishing it needs")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("params", help="parameter accounting for a configuration (no data, no training)")
@@ -48,28 +44,23 @@ def add_train_parsers(sub: Any) -> None:
     p.set_defaults(func=cmd_params)
 
 
-def _flat(config: dict[str, Any]) -> dict[str, Any]:
-    flat = {k: v for k, v in config.items() if k != "backend_options"}
-    flat.update({f"backend_options.{k}": v for k, v in config.get("backend_options", {}).items()})
-    return flat
-
-
 def resume_config(out: Path, args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
     """The run's settings as of its last checkpoint, with the changes the flags ask for: (config, {key: [old, new]}).
 
     config.json keeps the settings the run started with; the checkpoint holds them with every change made by
-    earlier resumes (which metrics.json lists under ``resumes``).
+    earlier resumes (which metrics.json lists under ``resumes``). A config.json that no longer says what the
+    checkpoint says was edited by hand: that edit would be ignored, so it is refused (settings change by flags).
     """
-    recorded = recorded_config(out, prefer_checkpoint=True)
+    recorded, resumes, path = checkpoint_settings(out)
     try:
         base = TrainConfig.from_dict(recorded).validate()
-    except (TypeError, ValueError) as e:
-        raise UserError(f"{out / 'config.json'} is damaged ({e}); start a new run with --out DIR") from None
-    old = _flat(base.to_dict())
+    except (UserError, TypeError, ValueError) as e:
+        raise UserError(f"{path} holds damaged settings ({e}); start a new run with --out DIR") from None
+    check_config_json(out, recorded, resumes)
+    old = flat_settings(base.to_dict())
     changes = {}
-    for key, value in given_settings(args).items():
-        value = list(value) if isinstance(value, tuple) else value
-        before = list(old[key]) if isinstance(old.get(key), tuple) else old.get(key)
+    for key, value in flat_settings(given_settings_dict(args)).items():
+        before = old.get(key)
         if value == before:
             continue
         if key not in RESUME_CHANGEABLE:
@@ -84,37 +75,75 @@ def resume_config(out: Path, args: argparse.Namespace) -> tuple[TrainConfig, dic
     data = dict(recorded)
     for key, (_, value) in changes.items():
         if key.startswith("backend_options."):
-            data.setdefault("backend_options", {})[key.split(".", 1)[1]] = value
+            data["backend_options"] = {**data.get("backend_options", {}), key.split(".", 1)[1]: value}
         else:
             data[key] = value
     return TrainConfig.from_dict(data).validate(), changes
 
 
-def recorded_config(out: Path, prefer_checkpoint: bool = False) -> dict[str, Any]:
-    """The config a run recorded: config.json (as started), else (or, preferred, first) its checkpoint's copy.
+def given_settings_dict(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags given, as a config dict (backend options nested, as in config files)."""
+    given: dict[str, Any] = {}
+    for key, value in given_settings(args).items():
+        if key.startswith("backend_options."):
+            given.setdefault("backend_options", {})[key.split(".", 1)[1]] = value
+        else:
+            given[key] = value
+    return given
 
-    A config.json that exists must be readable either way: a damaged one means a damaged run directory.
-    """
+
+def checkpoint_settings(out: Path) -> tuple[dict[str, Any], list[dict[str, Any]], Path]:
+    """(the settings in the run's checkpoint, the changes its resumes made, the checkpoint's path)."""
+    from pqt.training import run_files
+
+    path = out / run_files.CHECKPOINT
+    try:
+        ck = run_files.load_torch(path)
+        config, resumes = ck["config"], ck.get("resumes", [])
+    except Exception as e:  # damaged, or not a checkpoint of ours (weights_only refuses pickled code): one line
+        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise UserError(f"cannot read the run's checkpoint {path} ({type(e).__name__}: {detail}); it is damaged or "
+                        "not a pqt checkpoint: start a new run with --out DIR") from None
+    if not isinstance(config, dict) or not isinstance(resumes, list):
+        raise UserError(f"{path} is not a pqt checkpoint (no settings in it); start a new run with --out DIR")
+    return config, resumes, path
+
+
+def check_config_json(out: Path, recorded: dict[str, Any], resumes: list[dict[str, Any]]) -> None:
+    """config.json must be readable, valid, and say what the checkpoint says the run started with."""
     from pqt.training import run_files
 
     path = out / run_files.CONFIG
+    if not path.is_file():
+        return  # the checkpoint records the settings (e.g. a run written through the Trainer API)
+    fix = "restore it, or delete it (the checkpoint records the run's settings); change settings with flags"
     try:
-        data = run_files.read_json(path) if path.is_file() else None
-        if data is None or (prefer_checkpoint and (out / run_files.CHECKPOINT).is_file()):
-            path = out / run_files.CHECKPOINT
-            data = run_files.load_torch(path)["config"]
-    except Exception as e:  # damaged files: name them, no traceback
-        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise UserError(f"cannot read the run's config from {path} ({type(e).__name__}: {detail}); the run "
-                        "directory is damaged: start a new run with --out DIR") from None
+        data = run_files.read_json(path)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:120]}): {fix}") from None
     if not isinstance(data, dict):
-        raise UserError(f"{path} is not a run config (a JSON object); start a new run with --out DIR")
-    return data
+        raise UserError(f"{path} is not a run config (a JSON object): {fix}")
+    try:
+        TrainConfig.from_dict(data).validate()
+    except (UserError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: {e}: {fix}") from None
+    started = flat_settings(recorded)
+    for entry in reversed(resumes):  # undo the resumes' changes: the settings the run started with
+        for key, (before, _) in (entry.get("changes") or {}).items():
+            started[key] = before
+    nested: dict[str, Any] = {k: v for k, v in started.items() if not k.startswith("backend_options.")}
+    nested["backend_options"] = {k.split(".", 1)[1]: v for k, v in started.items() if k.startswith("backend_options.")}
+    diffs = setting_differences(data, nested, ignore=frozenset())
+    if diffs:
+        listed = "; ".join(f"{k}: {a!r} in config.json, {b!r} in the checkpoint"
+                           for k, (a, b) in list(diffs.items())[:3])
+        raise UserError(f"{path} no longer matches the run's checkpoint ({listed}): it was edited, and the edit "
+                        f"would be ignored: {fix} (pqt train --resume {out} --adam-lr ...)")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from pqt.training import run_files
-    from pqt.training.accounting import plan_run
+    from pqt.training.accounting import plan_run, spent_so_far
 
     changes: dict[str, Any] = {}
     if args.resume:
@@ -127,7 +156,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = config_from_args(args)
         out = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     if args.dry_run:
-        print_plan(plan_run(config))
+        spent = spent_so_far(out, config) if args.resume else None
+        print_plan(plan_run(config, done_rounds=spent["rounds_completed"] if spent else 0), spent)
         return 0
     if not args.resume and (out / run_files.CHECKPOINT).exists():
         raise UserError(f"{out} already holds a run; continue it with 'pqt train --resume {out}' or choose "
@@ -144,9 +174,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         note = "; changed: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()) if changes else ""
         log(out, f"resuming {out} after round {trainer.state.round} of {config.rounds}{note}")
     else:
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create the output folder {out} ({e.strerror or e}): choose a writable --out") \
+                from None
         run_files.write_json(out / run_files.CONFIG, config.to_dict())
-        trainer.save()  # a round-0 checkpoint: even a run killed in its first round can be resumed
         r = trainer.report
         log(out, f"pqt train -> {out} | {config.dataset} {len(trainer.train_set)}/{len(trainer.test_set)} | "
                  f"{trainer.method.describe()['kind']} generator, {config.mapper_kind} mapper | "
@@ -160,8 +193,8 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"continue with 'pqt train --resume {out}'", file=sys.stderr)
         return 130
     log(out, f"done: test accuracy {100 * metrics['test_accuracy']:.2f}% after {metrics['rounds_completed']} "
-             f"rounds in {metrics['wall_seconds']:.0f}s; metrics in {out / run_files.METRICS}, model in "
-             f"{out / run_files.MODEL}")
+             f"rounds in {metrics['wall_seconds']:.0f}s ({metrics['wall_seconds_attempt']:.0f}s in this attempt); "
+             f"metrics in {out / run_files.METRICS}, model in {out / run_files.MODEL}")
     return 0
 
 
@@ -173,20 +206,40 @@ def log(out: Path, line: str) -> None:
         run_files.append_log(out / run_files.LOG, line)
 
 
-def print_plan(plan: dict[str, Any]) -> None:
-    print(f"rounds: {plan['rounds']}")
+def print_plan(plan: dict[str, Any], spent: dict[str, Any] | None = None) -> None:
+    """The plan of a configuration; for a run to resume, what it has spent and what finishing it needs."""
+    if spent is not None:
+        print(f"run {spent['run_dir']}: {spent['rounds_completed']} of {plan['rounds']} rounds done; shots used by "
+              f"results {spent['shots_used']:,}, charged (worst case) {spent['shots_charged']:,}")
+        if spent["cloud"]:
+            not_cancelled = spent["jobs_not_cancelled"]
+            print(f"cloud jobs so far (journal): {spent['jobs_submitted']:,} submitted, {spent['jobs_uncertain']:,} "
+                  f"uncertain (creation unanswered: may exist), {spent['jobs_abandoned']:,} abandoned, "
+                  f"{len(not_cancelled)} not cancelled" + (f" ({', '.join(not_cancelled)})" if not_cancelled else ""))
+        print(f"to finish: {plan['rounds'] - spent['rounds_completed']} round(s)")
+    else:
+        print(f"rounds: {plan['rounds']}")
     print(f"circuit evaluations: {plan['circuit_evaluations_per_round']:,} per round, "
           f"{plan['circuit_evaluations_total']:,} in total (upper bound: COBYLA may stop early)")
-    print(f"cloud jobs: {plan['jobs_per_round']:,} per round, {plan['jobs_total']:,} in total")
+    retries = " (plus one for each lost job or unanswered creation, charged too)" if plan["jobs_total"] else ""
+    print(f"cloud jobs: {plan['jobs_per_round']:,} per round, {plan['jobs_total']:,} in total{retries}")
     print(f"shots: {plan['shots_per_round']:,} per round, {plan['shots_total']:,} in total")
     if plan["max_shots"] is not None:
-        fits = plan["shots_total"] <= plan["max_shots"]
-        print(f"--max-shots {plan['max_shots']:,}: " + ("enough" if fits else "the run will stop early"))
+        charged = spent["shots_charged"] if spent else 0
+        fits = charged + plan["shots_total"] <= plan["max_shots"]
+        already = f" ({charged:,} charged already)" if spent else ""
+        print(f"--max-shots {plan['max_shots']:,}{already}: " + ("enough" if fits else "the run will stop early"))
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from pqt.training.accounting import plan_run
+    from pqt.training.accounting import plan_run, spent_so_far
 
+    if args.resume:
+        out = Path(args.resume)
+        config, _ = resume_config(out, args)
+        spent = spent_so_far(out, config)
+        print_plan(plan_run(config, done_rounds=spent["rounds_completed"]), spent)
+        return 0
     print_plan(plan_run(config_from_args(args)))
     return 0
 

@@ -10,7 +10,10 @@ trained (L * N angles + the mapping model: 457 for QT-16), so there the two coun
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from pqt.errors import UserError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -53,8 +56,37 @@ def parameter_report(generator: QuantumTrainGenerator, target: nn.Module) -> dic
     return report
 
 
-def plan_run(config: TrainConfig) -> dict[str, Any]:
-    """Circuit evaluations, jobs and shots a run will need (upper bounds: COBYLA may stop early)."""
+def spent_so_far(run_dir: Path, config: TrainConfig) -> dict[str, Any]:
+    """What a run has spent: rounds done and shots used (its checkpoint), jobs and worst-case shots (its journal)."""
+    import backends
+    from backends.journal import JOURNAL_NAME, JobJournal
+    from pqt.training import run_files
+
+    run_dir = Path(run_dir)
+    try:
+        ck = run_files.load_torch(run_dir / run_files.CHECKPOINT)
+        rounds, shots_used = int(ck["round"]), int(ck["backend"]["shots_used"])
+    except Exception as e:  # damaged: name it (the resume itself would refuse it too)
+        raise UserError(f"cannot read {run_dir / run_files.CHECKPOINT} ({type(e).__name__}); the run directory is "
+                        "damaged: start a new run with --out DIR") from None
+    cloud = backends.backend_class(config.backend).remote
+    account = JobJournal(run_dir / JOURNAL_NAME).account if cloud else None
+    return {
+        "run_dir": str(run_dir), "rounds_completed": rounds, "shots_used": shots_used, "cloud": cloud,
+        "jobs_submitted": account.jobs_submitted if account else 0,
+        "jobs_uncertain": account.jobs_uncertain if account else 0,
+        "jobs_abandoned": account.jobs_abandoned if account else 0,
+        "jobs_not_cancelled": account.not_cancelled() if account else [],
+        # a killed round's jobs are in the journal, not in the checkpoint: the larger is the true charge
+        "shots_charged": max(shots_used, account.shots_charged if account else 0),
+    }
+
+
+def plan_run(config: TrainConfig, done_rounds: int = 0) -> dict[str, Any]:
+    """Circuit evaluations, jobs and shots a run will need (upper bounds: COBYLA may stop early).
+
+    ``done_rounds``: rounds already finished (a resume): the totals are then what finishing needs.
+    """
     import backends
 
     n_circuits = len(config.qnn_modes) if config.generator == "photonic" else 1
@@ -70,7 +102,9 @@ def plan_run(config: TrainConfig) -> dict[str, Any]:
     backend_cls = backends.backend_class(config.backend)
     per_call_shots = 0 if config.shots is None else config.shots
     jobs = (lambda n: n) if backend_cls.remote else (lambda n: 0)
-    total_evals = first + per_round * config.rounds
+    remaining = max(config.rounds - done_rounds, 0)
+    # round 1's Adam stage evaluates the circuits first; a resumed run has that round's distributions
+    total_evals = (first if done_rounds == 0 else 0) + per_round * remaining
     return {
         "rounds": config.rounds, "circuit_evaluations_per_round": per_round,
         "circuit_evaluations_total": total_evals,

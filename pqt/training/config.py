@@ -34,6 +34,13 @@ GROUPS = {
     "run": "run",
 }
 
+# What `pqt train --resume` may change: how fast the run learns from here on, how long it runs, what it may
+# spend, and how it talks to the cloud. Anything else would make the resumed run a different experiment.
+RESUME_CHANGEABLE = frozenset({
+    "adam_lr", "phase_lr", "rounds", "max_shots", "threads", "device", "backend_options.cloud_url",
+    "backend_options.max_retries", "backend_options.retry_backoff", "backend_options.job_timeout",
+    "backend_options.poll_interval", "backend_options.request_timeout"})
+
 GENERATOR_DEFAULTS = {  # each paper's own choices, used when --mapper / --scaling are not given
     "photonic": {"mapper": "mps", "scaling": "mean"},
     "qubit": {"mapper": "mlp", "scaling": "qt"},
@@ -197,6 +204,30 @@ class TrainConfig:
         if data.get("shots") == "exact":
             data["shots"] = None
         return cls(**data)
+
+
+def flat_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """A config dict with backend options as ``backend_options.<key>`` and tuples as lists (comparable)."""
+    flat = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items() if k != "backend_options"}
+    options = config.get("backend_options")
+    if isinstance(options, dict):
+        flat.update({f"backend_options.{k}": v for k, v in options.items()})
+    return flat
+
+
+def setting_differences(recorded: dict[str, Any], wanted: dict[str, Any], ignore: frozenset[str] = RESUME_CHANGEABLE
+                        ) -> dict[str, tuple[Any, Any]]:
+    """Settings whose values differ between two configs (defaults filled in), except ``ignore``d ones."""
+    defaults = flat_settings(TrainConfig().to_dict())
+    a, b = flat_settings(recorded), flat_settings(wanted)
+    diffs = {}
+    for key in sorted(set(a) | set(b)):
+        if key in ignore:
+            continue
+        old, new = a.get(key, defaults.get(key)), b.get(key, defaults.get(key))
+        if old != new:
+            diffs[key] = (old, new)
+    return diffs
 
 
 def _allowed(meta: dict[str, Any]) -> str:

@@ -3,26 +3,58 @@
     config.json      the configuration as run
     checkpoint.pt    everything needed to resume after the last finished round
     model.pt         the generated network's state_dict (plain torch, no quantum software)
-    metrics.json     the contract read by tools (see README), rewritten after every round
+    metrics.json     the contract read by tools (see README), rewritten after every round and at every stop
     train.log        the per-round log lines
+    .heartbeat       touched every few seconds while an attempt runs: a killed attempt's end time
+
+Each file is written to a temporary file beside it (``.<name>.<random>.tmp``), flushed, fsynced and
+renamed over the old one. A write that fails (a full disk, a read-only folder) leaves the old file as
+it was and raises :class:`RunFileError`, one line naming the file and the reason; a kill leaves at most a
+temporary file, which :func:`remove_stale_temp_files` deletes when the run starts or resumes.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from pqt.errors import UserError
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
 METRICS = "metrics.json"
 LOG = "train.log"
+HEARTBEAT = ".heartbeat"
+_ATOMIC = (CONFIG, CHECKPOINT, MODEL, METRICS)  # the files written through a temporary file
+
+Writer = Callable[[IO[bytes]], Any]
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+_WRITE_FIXES = {
+    errno.ENOSPC: "free some space", errno.EDQUOT: "free some space (disk quota)",
+    errno.EROFS: "the file system is read-only: choose a writable folder",
+    errno.EACCES: "make the folder writable or choose another",
+    errno.EPERM: "make the folder writable or choose another",
+}
+
+
+class RunFileError(UserError):
+    """A run file could not be written (disk full, read-only folder, ...); the previous version is intact."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        self.path, self.errno = Path(path), error.errno
+        fix = _WRITE_FIXES.get(error.errno or 0)
+        super().__init__(f"cannot write {path} ({error.strerror or error})" + (f": {fix}" if fix else ""))
+
+
+def _stage(path: Path, write: Writer) -> str:
+    """Write ``path``'s new content to a temporary file beside it (flushed and fsynced); returns its name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -31,14 +63,62 @@ def _atomic_write(path: Path, write: Any) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return tmp
+
+
+def write_together(files: Sequence[tuple[Path, Writer]]) -> None:
+    """Replace several files atomically, in order, only once all of their new contents are on disk.
+
+    A failure while writing (ENOSPC, EROFS, ...) leaves every file as it was: a round's model.pt and
+    checkpoint.pt are then never from two different rounds.
+    """
+    staged: list[tuple[str, Path]] = []
+    current = Path(files[0][0]) if files else Path(".")
+    try:
+        for path, write in files:
+            current = Path(path)
+            staged.append((_stage(current, write), current))
+        for tmp, path in staged:
+            current = path
+            os.replace(tmp, path)
+    except OSError as e:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
+        raise RunFileError(current, e) from None
+    except BaseException:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write(path: Path, write: Writer) -> None:
+    write_together([(Path(path), write)])
+
+
+def json_writer(data: Any) -> Writer:
+    return lambda f: f.write((json.dumps(data, indent=2, default=_jsonable) + "\n").encode())
+
+
+def torch_writer(obj: Any) -> Writer:
+    import io
+
+    import torch
+
+    def write(f: IO[bytes]) -> None:
+        # Serialised in memory first: torch.save into a file that hits a full disk raises an opaque
+        # RuntimeError from its zip writer, where a plain write gives the OSError (ENOSPC) to report.
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        f.write(buffer.getbuffer())
+
+    return write
 
 
 def write_json(path: Path, data: Any) -> None:
-    _atomic_write(path, lambda f: f.write((json.dumps(data, indent=2, default=_jsonable) + "\n").encode()))
+    _atomic_write(path, json_writer(data))
 
 
 def read_json(path: Path) -> Any:
@@ -46,9 +126,7 @@ def read_json(path: Path) -> Any:
 
 
 def save_torch(path: Path, obj: Any) -> None:
-    import torch
-
-    _atomic_write(path, lambda f: torch.save(obj, f))
+    _atomic_write(path, torch_writer(obj))
 
 
 def load_torch(path: Path) -> Any:
@@ -56,6 +134,22 @@ def load_torch(path: Path) -> Any:
     import torch
 
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Delete the temporary files that killed writes left in ``run_dir`` (``.checkpoint.pt.*.tmp``, ...).
+
+    Called when a run starts or resumes, when no other process may write the run (the caller holds it).
+    """
+    removed = []
+    for name in _ATOMIC:
+        for tmp in Path(run_dir).glob(f".{name}.*.tmp"):
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except OSError:
+                pass  # not ours to worry about: a read-only folder fails on the next real write
+    return removed
 
 
 def final_results(last: dict[str, Any]) -> dict[str, Any]:
@@ -71,14 +165,18 @@ def final_results(last: dict[str, Any]) -> dict[str, Any]:
 def read_metrics(run_dir: Path) -> dict[str, Any]:
     """A run's metrics.json, or {} when it is missing or unreadable (a run killed mid-write)."""
     try:
-        return read_json(Path(run_dir) / METRICS)
-    except (OSError, json.JSONDecodeError):
+        data = read_json(Path(run_dir) / METRICS)
+    except (OSError, ValueError):
         return {}
+    return data if isinstance(data, dict) else {}
 
 
 def append_log(path: Path, line: str) -> None:
-    with open(path, "a") as f:
-        f.write(line + "\n")
+    try:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+    except OSError as e:
+        raise RunFileError(path, e) from None
 
 
 def _jsonable(value: Any) -> Any:

@@ -17,15 +17,24 @@ Reproducibility and resume: every random choice of round r (shuffling, the phase
 sampling, SPSA perturbations) is drawn from streams seeded by (seed, r), and a checkpoint is
 written after every finished round, so ``--resume`` replays an interrupted round exactly and ends
 with the same result as an uninterrupted run.
+
+Attempts: each process that runs the loop is an *attempt* (:meth:`Trainer.begin_attempt`, recorded in
+the checkpoint at once). Every way an attempt ends (finished, stopped by an error, interrupted, failed)
+goes through :meth:`Trainer.end_attempt`, which settles the backend's jobs and writes ``metrics.json``
+with the status and the reason; an attempt killed outright is recognised by the next one, which dates
+its end from the ``.heartbeat`` file it kept touching.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +49,13 @@ from pqt.data import Dataset, training_splits
 from pqt.errors import UserError
 from pqt.targets import loss_and_accuracy
 from pqt.training import run_files
-from pqt.training.config import TrainConfig
+from pqt.training.config import RESUME_CHANGEABLE, TrainConfig, setting_differences
 from pqt.training.method import Method, Network
 from pqt.training.phase_optimizers import PhaseStep, run_cobyla, run_spsa
 
 # Salts that keep the per-round random streams independent of one another.
 _SHUFFLE, _PHASE_BATCH, _SPSA = 1, 2, 3
+HEARTBEAT_S = 2.0  # how often a running attempt touches run_dir/.heartbeat
 
 
 class TrainingDiverged(UserError):
@@ -65,6 +75,47 @@ class RunState:
     simulated_evaluations: int = 0
     # settings changed by `pqt train --resume`: [{"after_round": r, "changes": {key: [old, new]}}]
     resumes: list[dict[str, Any]] = field(default_factory=list)
+    # every process that ran the loop: {"started", "started_unix", "seconds", "status", "reason", "after_round"}
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Heartbeat:
+    """Touches a file every few seconds from a daemon thread while an attempt runs.
+
+    A ``kill -9`` stops it with the process, so the file's modification time tells the next attempt
+    when the killed one ended (to within ``HEARTBEAT_S``): its time is then counted, not lost.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.beat()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="pqt-heartbeat", daemon=True)
+        self._thread.start()
+
+    def beat(self) -> None:
+        with contextlib.suppress(OSError):  # a full or read-only disk: the next run file write reports it
+            self.path.touch()
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            self.beat()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=HEARTBEAT_S + 1)
+            self._thread = None
+
+    def last(self) -> float | None:
+        try:
+            return self.path.stat().st_mtime
+        except OSError:
+            return None
 
 
 def _stream(seed: int, round_index: int, salt: int) -> np.random.Generator:
@@ -93,6 +144,10 @@ class Trainer:
         self.config = config.validate()
         self.out_dir = Path(out_dir)
         self.log = log
+        # The attempt starts now: loading data and connecting to a backend are part of its time.
+        self._attempt_started, self._attempt_clock = time.time(), time.monotonic()
+        self._heartbeat = _Heartbeat(self.out_dir / run_files.HEARTBEAT)
+        self.stop_notes: list[str] = []
         if config.threads:
             torch.set_num_threads(config.threads)
         self.device = _device(config.device)
@@ -128,29 +183,48 @@ class Trainer:
         self.report = self.method.parameter_report()
 
     # ---- checkpointing --------------------------------------------------------------------------------
-    def save(self) -> None:
-        """Write checkpoint.pt: tensors and plain Python values only, loadable with weights_only=True."""
+    def checkpoint(self) -> dict[str, Any]:
+        """The checkpoint's content: tensors and plain Python values only, loadable with weights_only=True."""
         s = self.state
-        checkpoint = {
+        self._clock_attempt()
+        return {
             "round": s.round, "circuit_parameters": [torch.from_numpy(np.asarray(p)) for p in s.parameters],
             "dists": None if s.dists is None else [torch.from_numpy(np.asarray(d)) for d in s.dists],
             "history": s.history, "wall_seconds": s.wall_seconds, "plateau": dict(s.plateau),
-            "simulated_evaluations": s.simulated_evaluations, "resumes": s.resumes,
+            "simulated_evaluations": s.simulated_evaluations, "resumes": s.resumes, "attempts": s.attempts,
             "method": self.method.state_dict(), "adam": self.adam.state_dict(),
             "backend": self.backend.state_dict(),
             "circuit_adam": self.circuit_adam.state_dict() if self.circuit_adam else None,
             "config": self.config.to_dict(),
         }
-        run_files.save_torch(self.out_dir / run_files.CHECKPOINT, checkpoint)
+
+    def save(self) -> None:
+        """Write checkpoint.pt (atomically: a failed write keeps the previous one)."""
+        run_files.save_torch(self.out_dir / run_files.CHECKPOINT, self.checkpoint())
 
     def load(self) -> None:
         path = self.out_dir / run_files.CHECKPOINT
         try:
             ck = run_files.load_torch(path)
+            recorded = ck["config"]
+            if not isinstance(recorded, dict):
+                raise TypeError("its config is not a table of settings")
+        except Exception as e:  # a damaged file, or one that is not ours: name it, no traceback
+            detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise UserError(f"cannot resume from {path} ({type(e).__name__}: {detail}); it is damaged or not a "
+                            "pqt checkpoint: start a new run with --out DIR") from None
+        # A moved data folder holds the same data; anything else outside RESUME_CHANGEABLE is another experiment.
+        diffs = setting_differences(recorded, self.config.to_dict(), RESUME_CHANGEABLE | {"data_dir"})
+        if diffs:
+            listed = "; ".join(f"{k}: {a!r} there, {b!r} here" for k, (a, b) in list(diffs.items())[:4])
+            raise UserError(f"{path} was written with other settings ({listed}); resume it with its own settings "
+                            "(pqt train --resume DIR) or start a new run with --out DIR")
+        try:
             self.state = RunState(
                 ck["round"], [p.numpy().copy() for p in ck["circuit_parameters"]],
                 None if ck["dists"] is None else [d.numpy().copy() for d in ck["dists"]],
-                ck["history"], ck["wall_seconds"], ck["plateau"], ck["simulated_evaluations"], ck["resumes"])
+                ck["history"], ck["wall_seconds"], ck["plateau"], ck["simulated_evaluations"], ck.get("resumes", []),
+                _recorded_attempts(self.out_dir, ck))
             self.method.load_state_dict(ck["method"])
             self.adam.load_state_dict(ck["adam"])
             self.backend.load_state_dict(ck["backend"])
@@ -335,8 +409,8 @@ class Trainer:
             "test_loss": test_loss, "test_accuracy": test_acc, **validation,
             "shots_round": counters.shots_used - shots_before, "shots_used": counters.shots_used,
             "circuit_evaluations_round": self.circuit_evaluations - evaluations_before,
-            "jobs_submitted": self.backend.jobs_paid, "postselection_rate": self.backend.postselection_rate,
-            "seconds": seconds,
+            "jobs_submitted": self.backend.jobs_paid, "jobs_uncertain": self.backend.accounting()["jobs_uncertain"],
+            "postselection_rate": self.backend.postselection_rate, "seconds": seconds,
         }
         if c.lr_schedule == "plateau":
             entry["lr_factor"] = self.state.plateau["factor"]
@@ -344,21 +418,36 @@ class Trainer:
         return entry
 
     def _finish_round(self, network: Network, entry: dict[str, Any], seconds: float) -> None:
+        """Commit a round: model.pt, checkpoint.pt and metrics.json are replaced together, or not at all.
+
+        All three are written to temporary files first; only then are they renamed, model.pt first (a
+        checkpoint never points at a round whose model is missing). A failed write (a full disk, a
+        read-only folder) leaves the previous round's files, and the round is taken back in memory too,
+        so the metrics.json written when the run stops describes the checkpoint that survives.
+        """
         s = self.state
         s.round += 1
         s.history.append(entry)
         s.wall_seconds += seconds
-        # model.pt first: a checkpoint never points at a round whose model is missing.
-        run_files.save_torch(self.out_dir / run_files.MODEL, network.state_dict)
-        self.save()
-        run_files.write_json(self.out_dir / run_files.METRICS, self.metrics("running"))
+        try:
+            run_files.write_together([
+                (self.out_dir / run_files.MODEL, run_files.torch_writer(network.state_dict)),
+                (self.out_dir / run_files.CHECKPOINT, run_files.torch_writer(self.checkpoint())),
+                (self.out_dir / run_files.METRICS, run_files.json_writer(self.metrics("running")))])
+        except BaseException:
+            s.round -= 1
+            s.history.pop()
+            s.wall_seconds -= seconds
+            raise
 
-    def metrics(self, status: str) -> dict[str, Any]:
+    def metrics(self, status: str, reason: str | None = None) -> dict[str, Any]:
         s, c = self.state, self.config
         last = s.history[-1] if s.history else {}
         counters = self.backend.counters
+        self._clock_attempt()
+        accounting = self.backend.accounting()
         return {
-            "status": status,
+            "status": status, "stop_reason": reason, "notes": self.stop_notes,
             **run_files.final_results(last),
             "method": self.method.name, "generator": self.method.describe(), "target": c.target,
             "bond_dim": c.bond_dim, **self.report,
@@ -368,30 +457,116 @@ class Trainer:
             "fast_path": getattr(self.method, "fast_path", False),
             "train_size": len(self.train_set), "test_size": len(self.test_set),
             "rounds_completed": s.round, "rounds_planned": c.rounds, "seed": c.seed,
-            "wall_seconds": s.wall_seconds, "shots_used": counters.shots_used,
-            "jobs_submitted": self.backend.jobs_paid, "postselection_rate": self.backend.postselection_rate,
+            "wall_seconds": sum(a["seconds"] for a in s.attempts) if s.attempts else s.wall_seconds,
+            "wall_seconds_attempt": s.attempts[-1]["seconds"] if s.attempts else s.wall_seconds,
+            "rounds_seconds": s.wall_seconds, "attempts": s.attempts,
+            "shots_used": counters.shots_used, "shots_charged": accounting["shots_charged"],
+            "jobs_submitted": accounting["jobs_submitted"], "jobs_uncertain": accounting["jobs_uncertain"],
+            "jobs_abandoned": accounting["jobs_abandoned"], "jobs_not_cancelled": accounting["jobs_not_cancelled"],
+            "postselection_rate": self.backend.postselection_rate,
             "circuit_evaluations": self.circuit_evaluations,
             "resumes": s.resumes,
             "history": s.history,
         }
 
+    # ---- attempts: how a run starts and every way it stops ---------------------------------------------
+    def _clock_attempt(self) -> None:
+        """Bring the running attempt's seconds up to now (they are saved with every checkpoint)."""
+        attempts = self.state.attempts
+        if attempts and attempts[-1]["status"] == "running":
+            attempts[-1]["seconds"] = time.monotonic() - self._attempt_clock
+
+    def begin_attempt(self) -> None:
+        """Start this process's attempt: clean what killed writes left, account for a killed attempt, record.
+
+        The attempts live in metrics.json, which is written at once (and at every round and stop), so even
+        an attempt killed in its first round is counted; the checkpoint keeps a copy as of its round.
+        """
+        run_files.remove_stale_temp_files(self.out_dir)
+        attempts = self.state.attempts
+        if attempts and attempts[-1]["status"] == "running":  # the previous process never stopped cleanly
+            last = attempts[-1]
+            ended = self._heartbeat.last()
+            if ended is not None and last.get("started_unix") is not None:
+                last["seconds"] = max(last["seconds"], ended - last["started_unix"])
+            last["status"] = "killed"
+            last["reason"] = "the process ended without stopping cleanly (killed, or the machine stopped)"
+        attempts.append({"started": datetime.fromtimestamp(self._attempt_started, UTC).isoformat(timespec="seconds"),
+                         "started_unix": self._attempt_started, "seconds": 0.0, "status": "running",
+                         "reason": None, "after_round": self.state.round})
+        self.stop_notes = []
+        if not (self.out_dir / run_files.CHECKPOINT).exists():
+            self.save()  # a round-0 checkpoint: even a run killed in its first round can be resumed
+        run_files.write_json(self.out_dir / run_files.METRICS, self.metrics("running"))
+        self._heartbeat.start()
+
+    def end_attempt(self, status: str, reason: str | None) -> list[str]:
+        """The one way an attempt ends; returns the backend's notes (jobs left on the cloud, ...).
+
+        ``status``: finished, stopped (an error that names its fix), interrupted, or failed (a bug).
+        Settles the backend (a cloud backend cancels the jobs it abandons and names those it cannot),
+        then writes metrics.json with the status, the reason and the notes. At a stop, a metrics.json
+        that cannot be written (the disk is full) keeps its previous version, which describes the last
+        checkpoint; at the end of a finished run, that is an error.
+        """
+        outcome = status if status in ("finished", "interrupted") else "stopped"
+        try:
+            notes = list(self.backend.close(outcome))
+        except Exception as e:  # settling the backend must not hide why the run stopped
+            notes = [f"the backend could not settle its jobs ({type(e).__name__}: {e})"]
+        self._heartbeat.stop()
+        self._clock_attempt()
+        if self.state.attempts and self.state.attempts[-1]["status"] == "running":
+            self.state.attempts[-1].update(status=status, reason=reason)
+        self.stop_notes = notes
+        try:
+            run_files.write_json(self.out_dir / run_files.METRICS, self.metrics(status, reason))
+        except run_files.RunFileError as e:
+            if status == "finished":
+                raise
+            notes.append(f"{e}: it still describes round {self.state.round}")
+        for note in notes:
+            with contextlib.suppress(UserError, OSError):  # a full disk: the note is in the final message anyway
+                self.log(f"note: {note}")
+        return notes
+
     # ---- whole run --------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         c = self.config
-        status = "running"
+        self.begin_attempt()
         try:
             for r in range(self.state.round, c.rounds):
                 entry = self.run_round(r)
                 self.log(format_round(entry, c.rounds))
-            status = "finished"
-        except (UserError, KeyboardInterrupt) as e:
-            status = "interrupted" if isinstance(e, KeyboardInterrupt) else f"stopped: {e}"
+        except KeyboardInterrupt:
+            self.end_attempt("interrupted", "interrupted (Ctrl-C)")
             raise
-        finally:
-            if self.state.round:
-                run_files.write_json(self.out_dir / run_files.METRICS, self.metrics(status))
-            self.backend.close()
-        return self.metrics(status)
+        except UserError as e:
+            reason = str(e)
+            if isinstance(e, run_files.RunFileError):
+                reason += (f"; the last complete checkpoint (round {self.state.round}) is kept in {self.out_dir}: "
+                           f"continue with pqt train --resume {self.out_dir}")
+            notes = self.end_attempt("stopped", reason)
+            if reason != str(e) or notes:  # the final message also names what may still run (or bill) on the cloud
+                message = "; ".join([reason, *notes])
+                raise (UserError(message) if isinstance(e, run_files.RunFileError) else type(e)(message)) from None
+            raise
+        except BaseException as e:
+            self.end_attempt("failed", f"{type(e).__name__}: {e}")
+            raise
+        self.end_attempt("finished", None)
+        return self.metrics("finished")
+
+
+def _recorded_attempts(run_dir: Path, checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run's attempts: from metrics.json (written at every start, round and stop), else the checkpoint's."""
+    attempts = run_files.read_metrics(run_dir).get("attempts")
+    if isinstance(attempts, list) and all(isinstance(a, dict) and {"seconds", "status"} <= a.keys()
+                                          for a in attempts):
+        return attempts
+    # A checkpoint from before attempts were recorded: its rounds' time is all that is known.
+    return checkpoint.get("attempts") or [{"started": None, "started_unix": None, "seconds": checkpoint["wall_seconds"],
+                                           "status": "unknown", "reason": None, "after_round": 0}]
 
 
 def _device(name: str) -> torch.device:
@@ -417,5 +592,7 @@ def format_round(e: dict[str, Any], rounds: int) -> str:
         parts.append(f"post-sel {100 * e['postselection_rate']:.1f}%")
     if e["jobs_submitted"]:
         parts.append(f"jobs {e['jobs_submitted']}")
+    if e.get("jobs_uncertain"):
+        parts.append(f"uncertain {e['jobs_uncertain']}")
     parts.append(f"{e['seconds']:.1f}s")
     return " | ".join(parts)
