@@ -29,6 +29,9 @@ def run_config(model_file: Path) -> dict[str, Any]:
         raise UserError(f"{config_file} is not a valid run config; pass --target and --activation, or fix it") from None
     if not isinstance(data, dict):
         raise UserError(f"{config_file} is not a valid run config; pass --target and --activation, or fix it")
+    for key in ("target", "activation", "dataset"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise UserError(f"{config_file}: {key} must be a name (got {data[key]!r}); pass --{key} or fix the file")
     return data
 
 

@@ -551,3 +551,86 @@ def test_counters_after_a_restart_equal_the_journal(cloud, tmp_path):
 def test_max_retries_help_says_per_request():
     help_text = {o.name: o.help for o in RemoteBackend.options}["max-retries"]
     assert "per request" in help_text
+
+
+# ---- a whole run's accounting through the trainer ---------------------------------------------------------
+def _remote_config(cloud: FakeCloud, **overrides):
+    from pqt.training.config import TrainConfig
+
+    base = {"train_limit": 300, "test_limit": 100, "adam_epochs": 1, "cobyla_maxiter": 3, "phase_batch": 100,
+            "rounds": 2, "shots": 500, "backend": "remote", "threads": 1,
+            "backend_options": {**FAST, "cloud_url": cloud.url}}
+    return TrainConfig.from_dict({**base, **overrides})
+
+
+def test_a_remote_run_reports_uncertain_and_abandoned_jobs(cloud, tmp_path, capsys):
+    from pqt.cli import main
+    from pqt.training.trainer import Trainer
+
+    lines: list[str] = []
+    before = cloud.jobs_created
+    cloud.inject(["lost:create", "fail"])
+    trainer = Trainer(_remote_config(cloud), tmp_path, log=lines.append)
+    metrics = trainer.run()
+    assert metrics["status"] == "finished"
+    # The bill, the journal and the server agree. (On a busy machine an ordinary creation can outlast
+    # --request-timeout too: its late answer is then journaled, and its job counted, abandoned, cancelled.)
+    created = cloud.jobs_created - before
+    known = len(events(tmp_path, "submitted")) + len(events(tmp_path, "late_reply"))
+    uncertain = len(events(tmp_path, "create_lost")) - len(events(tmp_path, "late_reply"))
+    assert metrics["jobs_submitted"] == known and metrics["jobs_uncertain"] == uncertain >= 1
+    assert created == known + uncertain  # every unanswered creation did make a job here: the bill says "up to"
+    # the failed job (unless the fault hit the lost job, which nobody saw fail) and any late reply's orphan
+    assert metrics["jobs_abandoned"] == len(events(tmp_path, "abandoned"))
+    assert metrics["jobs_not_cancelled"] == []
+    assert metrics["shots_charged"] == 500 * created
+    assert metrics["shots_used"] == 500 * len(events(tmp_path, "result"))
+    assert any(f"uncertain {uncertain}" in line for line in lines if line.startswith("round 1/2"))
+    assert any(line.startswith(f"note: {uncertain} job creation(s) got no answer") for line in lines)
+    assert metrics["notes"] and "got no answer" in metrics["notes"][0]
+    capsys.readouterr()
+    assert main(["plan", "--resume", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{known} submitted, {uncertain} uncertain" in out and "0 not cancelled" in out
+
+
+def test_counters_after_a_killed_run_equal_the_journal_and_the_server(cloud, tmp_path, capsys):
+    """kill -9 of `pqt train --backend remote` after failed jobs; the resume's counters are the journal's."""
+    from pqt.cli import main
+
+    run = tmp_path / "run"
+    before = cloud.jobs_created
+    cloud.inject(["fail", "cancel"])
+    options = [f"--{k.replace('_', '-')}={v}" for k, v in FAST.items()]
+    code = "import sys; from pqt.cli import main; sys.exit(main(sys.argv[1:]))"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", code, "train", "--backend", "remote", "--cloud-url", cloud.url,
+                             *options, "--train-limit", "300", "--test-limit", "100", "--adam-epochs", "1",
+                             "--cobyla-maxiter", "30", "--phase-batch", "100", "--shots", "500", "--rounds", "3",
+                             "--threads", "1", "--out", str(run)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        # two jobs were lost (and resent) before the kill, in round 1: the checkpoint (round 0) predates them
+        while len(events(run, "abandoned")) < 2 or len(events(run, "result")) < 8:
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "the run never got there"
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert run_files_round(run) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--rounds", "1"]) == 0, capsys.readouterr().err
+    m = json.loads((run / "metrics.json").read_text())
+    known = len(events(run, "submitted")) + len(events(run, "late_reply"))
+    assert m["jobs_submitted"] == known and m["jobs_abandoned"] == len(events(run, "abandoned")) >= 2
+    created = cloud.jobs_created - before
+    assert known <= created <= known + m["jobs_uncertain"]  # a kill during a creation leaves it uncertain
+    assert [a["status"] for a in m["attempts"]] == ["killed", "finished"]
+
+
+def run_files_round(run: Path) -> int:
+    import torch
+
+    return int(torch.load(run / "checkpoint.pt", weights_only=True)["round"])

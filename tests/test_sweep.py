@@ -9,6 +9,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +21,8 @@ import pytest
 from pqt.errors import UserError
 from pqt.studies.sweep import aggregate, describe_plan, format_value, load_study, run_name, run_sweep
 from pqt.training import run_files
+
+REPO = Path(__file__).resolve().parent.parent
 
 TINY_BASE = """
 [base]
@@ -214,25 +221,62 @@ bond_dim = [1]
     assert "Runs not in the table" in md and bad in md
 
 
-def test_run_locked_by_a_live_process_is_left_alone_and_a_stale_lock_is_taken_over(tmp_path: Path) -> None:
-    import os
-    import subprocess
+def _hold_lock(run_dir: Path) -> subprocess.Popen:
+    """Another process that takes the run's lock (as a worker would) and keeps it until killed."""
+    from pqt.studies.sweep import LOCK_FILE
 
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # RunLock's protocol by hand (open, flock, write the pid): importing pqt would take seconds
+    code = (f"import fcntl, os, time\nfd = os.open({str(run_dir / LOCK_FILE)!r}, os.O_CREAT | os.O_RDWR)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nos.write(fd, str(os.getpid()).encode())\n"
+            "print('locked', flush=True)\ntime.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_run_locked_by_a_live_process_is_left_alone_until_it_dies(tmp_path: Path) -> None:
+    """A real file lock (flock): busy while its holder lives, free the moment it dies (kill -9 included)."""
+    from pqt.studies.sweep import LOCK_FILE, execute_run
+
+    config = {"method": "classical", "epochs": 1, "train_limit": 200, "test_limit": 100}
+    run_dir = tmp_path / "run"
+    holder = _hold_lock(run_dir)
+    try:
+        status, message = execute_run("baseline", config, run_dir)
+        assert status == "busy" and f"pid {holder.pid}" in message
+        assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_FILE]
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert execute_run("baseline", config, run_dir) == ("finished", None)
+    assert not (run_dir / LOCK_FILE).exists()
+
+
+def test_a_pid_in_the_lock_file_is_not_a_lock(tmp_path: Path) -> None:
+    """The old PID-file lock misfired when a pid was reused: a live pid without the flock holds nothing."""
     from pqt.studies.sweep import LOCK_FILE, execute_run
 
     config = {"method": "classical", "epochs": 1, "train_limit": 200, "test_limit": 100}
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / LOCK_FILE).write_text(str(os.getppid()))  # a live process that is not us
-    status, message = execute_run("baseline", config, run_dir)
-    assert status == "busy" and "another process" in message
-    assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_FILE]
-
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    (run_dir / LOCK_FILE).write_text(str(dead.pid))
+    (run_dir / LOCK_FILE).write_text(str(os.getppid()))  # a live process that never locked the run
     assert execute_run("baseline", config, run_dir) == ("finished", None)
-    assert not (run_dir / LOCK_FILE).exists()
+
+
+def test_a_sweep_with_runs_busy_elsewhere_does_not_report_success(tmp_path: Path, capsys) -> None:
+    from pqt.cli import main
+
+    path = write_study(tmp_path, "[grid]\nbond_dim = [1, 2]\n")
+    study = load_study(path)
+    holder = _hold_lock(tmp_path / "runs" / "tiny" / study.runs[1].name)
+    try:
+        rc = main(["sweep", str(path), "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results")])
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    err = capsys.readouterr().err
+    assert rc == 1 and f"not finished: {study.runs[1].name}" in err
 
 
 def test_aggregate_only_reports_unstarted_runs(tmp_path: Path) -> None:
@@ -406,3 +450,50 @@ def test_aggregation_keeps_committed_results_of_runs_whose_folders_are_gone(tmp_
     other.protocol = "another-protocol"
     aggregate(other, tmp_path / "runs", tmp_path / "results")
     assert [r["status"] for r in read_csv(tmp_path / "results" / "tiny.csv")] == ["not started", "finished"]
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, dead but not yet reaped by whoever adopted it, counts as dead)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_workers_die_with_a_killed_sweep(tmp_path: Path) -> None:
+    """kill -9 of `pqt sweep --jobs 2`: its workers stop too (checkpoints kept), and free their runs' locks."""
+    from pqt.studies.sweep.runs import RunLock
+
+    path = write_study(tmp_path, "[grid]\nbond_dim = [1, 2]\n",
+                       base=TINY_BASE.replace("rounds = 1", "rounds = 40").replace("cobyla_maxiter = 5",
+                                                                                   "cobyla_maxiter = 10"))
+    study = load_study(path)
+    dirs = [tmp_path / "runs" / "tiny" / r.name for r in study.runs]
+    code = "import sys; from pqt.cli import main; sys.exit(main(sys.argv[1:]))"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    sweep_proc = subprocess.Popen([sys.executable, "-c", code, "sweep", str(path), "--jobs", "2", "--out",
+                                   str(tmp_path / "runs"), "--results", str(tmp_path / "results")],
+                                  cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not all(run_files.read_metrics(d).get("rounds_completed", 0) >= 1 for d in dirs):
+            assert sweep_proc.poll() is None and time.monotonic() < deadline, "the workers never trained"
+            time.sleep(0.1)
+        workers = [int((d / ".sweep.lock").read_text()) for d in dirs]
+    finally:
+        sweep_proc.send_signal(signal.SIGKILL)
+        sweep_proc.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in workers):
+        assert time.monotonic() < deadline, "a worker outlived its killed sweep"
+        time.sleep(0.1)
+    for d in dirs:
+        lock = RunLock(d)
+        assert lock.acquire() is None  # free: a rerun resumes the run instead of skipping it as busy
+        lock.release()
+        m = run_files.read_metrics(d)
+        assert m["status"] == "interrupted" and 1 <= m["rounds_completed"] < 40
+    assert all(line.endswith(f"resume: after {run_files.read_metrics(d)['rounds_completed']} of 40 rounds")
+               for line, d in zip(describe_plan(study, tmp_path / "runs")[1:1 + len(dirs)], dirs, strict=True))

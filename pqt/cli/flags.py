@@ -133,7 +133,10 @@ def _option_converter(opt: Any) -> Any:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The configuration: the --config file, then the flags given."""
     data: dict[str, Any] = load_config_file(args.config) if getattr(args, "config", None) else {}
-    options = dict(data.get("backend_options", {}))
+    options = data.get("backend_options", {})
+    if not isinstance(options, dict):
+        raise UserError(f"config key backend_options must be a table of backend settings (got {options!r})")
+    options = dict(options)
     for key, value in vars(args).items():
         if key.startswith(BACKEND_OPTION):
             options[key[len(BACKEND_OPTION):]] = value

@@ -40,7 +40,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     elif args.address:
         raise UserError("--address is for --executor ray")
     outcome = run_sweep(study, out, args.jobs, results, ray=ray)
-    busy = f", {len(outcome.busy)} busy elsewhere" if outcome.busy else ""
+    busy = f", {len(outcome.busy)} not finished (busy in another process)" if outcome.busy else ""
     print(f"{len(outcome.finished)} run(s) finished now, {len(outcome.skipped)} already finished, "
           f"{len(outcome.failed)} failed{busy}; results: {', '.join(str(f) for f in outcome.result_files)}")
     for name, message in outcome.failed.items():
@@ -49,7 +49,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         print(f"pqt: interrupted; finished runs and checkpoints are kept in {out / study.name}; run the same "
               "command again to continue", file=sys.stderr)
         return 130
-    return 1 if outcome.failed else 0
+    if outcome.busy:  # not finished by anyone yet: the sweep is not done, so it does not report success
+        print(f"  not finished: {', '.join(outcome.busy)}: another process is training them; run the same command "
+              "again once it is done", file=sys.stderr)
+    return 1 if outcome.failed or outcome.busy else 0
 
 
 def add_sweep_parser(sub: Any) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from pqt.cli.flags import add_config_flags, config_from_args, given_settings
 from pqt.errors import UserError
-from pqt.training.config import RESUME_CHANGEABLE, TrainConfig, flat_settings, setting_differences
+from pqt.training.config import RESUME_CHANGEABLE, TrainConfig, flag_of, flat_settings, setting_differences
 
 
 def add_train_parsers(sub: Any) -> None:
@@ -64,9 +64,8 @@ def resume_config(out: Path, args: argparse.Namespace) -> tuple[TrainConfig, dic
         if value == before:
             continue
         if key not in RESUME_CHANGEABLE:
-            flag = "--" + key.split(".")[-1].replace("_", "-")
-            raise UserError(f"--resume cannot change {flag} ({before!r} -> {value!r}): it would no longer be the "
-                            f"same run; start a new run with --out DIR (a resume may change: learning rates, "
+            raise UserError(f"--resume cannot change {flag_of(key)} ({before!r} -> {value!r}): it would no longer be "
+                            f"the same run; start a new run with --out DIR (a resume may change: learning rates, "
                             "--rounds, --max-shots, --threads, --device and the cloud connection settings)")
         changes[key] = [before, value]
     if "rounds" in changes and base.lr_schedule == "cosine":

@@ -150,16 +150,22 @@ class BaselineTrainer:
         self.wall_seconds = 0.0
 
     # ---- checkpointing -----------------------------------------------------------------------------
-    def save(self) -> None:
-        run_files.save_torch(self.out_dir / run_files.CHECKPOINT, {
-            "epoch": self.epoch, "net": self.net.state_dict(), "adam": self.adam.state_dict(),
-            "history": self.history, "wall_seconds": self.wall_seconds, "config": self.config.to_dict()})
+    def checkpoint(self) -> dict[str, Any]:
+        """Tensors and plain Python values only: loadable with weights_only=True."""
+        return {"epoch": self.epoch, "net": self.net.state_dict(), "adam": self.adam.state_dict(),
+                "history": self.history, "wall_seconds": self.wall_seconds, "config": self.config.to_dict()}
 
     def load(self) -> None:
-        ck = run_files.load_torch(self.out_dir / run_files.CHECKPOINT)
-        self.net.load_state_dict(ck["net"])
-        self.adam.load_state_dict(ck["adam"])
-        self.epoch, self.history, self.wall_seconds = ck["epoch"], ck["history"], ck["wall_seconds"]
+        path = self.out_dir / run_files.CHECKPOINT
+        try:
+            ck = run_files.load_torch(path)
+            self.net.load_state_dict(ck["net"])
+            self.adam.load_state_dict(ck["adam"])
+            self.epoch, self.history, self.wall_seconds = ck["epoch"], ck["history"], ck["wall_seconds"]
+        except Exception as e:  # damaged, from other settings, or carrying pickled code (refused): one line
+            detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise UserError(f"cannot resume from {path} ({type(e).__name__}: {detail}); it is damaged or not a "
+                            "checkpoint of this baseline: delete the directory or choose another --out") from None
 
     # ---- one epoch ---------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -200,16 +206,23 @@ class BaselineTrainer:
         self.history.append(entry)
         self.wall_seconds += seconds
         state_dict = {k: v.detach().clone().cpu() for k, v in self.net.materialize().items()}
-        run_files.save_torch(self.out_dir / run_files.MODEL, state_dict)  # model first, then checkpoint
-        self.save()
-        run_files.write_json(self.out_dir / run_files.METRICS, self.metrics("running"))
+        try:  # model first, then checkpoint, then metrics: all three or none (see run_files.write_together)
+            run_files.write_together([
+                (self.out_dir / run_files.MODEL, run_files.torch_writer(state_dict)),
+                (self.out_dir / run_files.CHECKPOINT, run_files.torch_writer(self.checkpoint())),
+                (self.out_dir / run_files.METRICS, run_files.json_writer(self.metrics("running")))])
+        except BaseException:
+            self.epoch -= 1
+            self.history.pop()
+            self.wall_seconds -= seconds
+            raise
         return entry
 
-    def metrics(self, status: str) -> dict[str, Any]:
+    def metrics(self, status: str, reason: str | None = None) -> dict[str, Any]:
         c, last = self.config, (self.history[-1] if self.history else {})
         trainable = self.net.trainable_parameters()
         return {
-            "status": status,
+            "status": status, "stop_reason": reason,
             **run_files.final_results(last),
             "method": c.method, "share_k": c.share_k,
             "share_layers": list(c.share_layers) if c.share_layers is not None else None,
@@ -231,6 +244,8 @@ class BaselineTrainer:
         status = "running"
         if self.progress:
             self.progress(self.epoch / c.epochs)
+        reason = None
+        run_files.remove_stale_temp_files(self.out_dir)
         try:
             for e in range(self.epoch, c.epochs):
                 entry = self.run_epoch(e)
@@ -240,12 +255,22 @@ class BaselineTrainer:
                 if self.progress:
                     self.progress(self.epoch / c.epochs)
             status = "finished"
-        except (UserError, KeyboardInterrupt) as e:
-            status = "interrupted" if isinstance(e, KeyboardInterrupt) else f"stopped: {e}"
+        except KeyboardInterrupt:
+            status, reason = "interrupted", "interrupted (Ctrl-C)"
+            raise
+        except UserError as e:
+            status, reason = "stopped", str(e)
+            raise
+        except BaseException as e:
+            status, reason = "failed", f"{type(e).__name__}: {e}"
             raise
         finally:
-            if self.epoch:
-                run_files.write_json(self.out_dir / run_files.METRICS, self.metrics(status))
+            # Every stop says why, even before the first epoch; a full disk keeps the last epoch's metrics.json.
+            try:
+                run_files.write_json(self.out_dir / run_files.METRICS, self.metrics(status, reason))
+            except run_files.RunFileError:
+                if status == "finished":
+                    raise
         return self.metrics(status)
 
 

@@ -206,6 +206,13 @@ class TrainConfig:
         return cls(**data)
 
 
+def flag_of(key: str) -> str:
+    """The CLI flag of a setting: a TrainConfig field (``qnn_modes`` -> ``--modes``) or ``backend_options.<key>``."""
+    name = key.split(".", 1)[1] if key.startswith("backend_options.") else key
+    f = TrainConfig.__dataclass_fields__.get(name)
+    return (f.metadata.get("flag") if f is not None and f.metadata else None) or "--" + name.replace("_", "-")
+
+
 def flat_settings(config: dict[str, Any]) -> dict[str, Any]:
     """A config dict with backend options as ``backend_options.<key>`` and tuples as lists (comparable)."""
     flat = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items() if k != "backend_options"}
@@ -342,8 +349,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"config file {path} not found")
     try:
-        if path.suffix == ".toml":
-            return tomllib.loads(path.read_text())
-        return json.loads(path.read_text())
+        data = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
     except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"config file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a table of settings (got a {type(data).__name__})")
+    return data

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import os
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -31,7 +35,29 @@ def default_threads(jobs: int = 1) -> int:
 _BUSY_EXIT = 75  # a worker found its run locked by another live process
 
 
-def _worker(kind: str, config: dict[str, Any], run_dir: str, threads: int) -> None:
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PARENT_WATCH_S = 1.0
+
+
+def _die_with_parent(parent: int) -> None:
+    """Make this worker stop (SIGTERM: checkpoint kept) when the sweep that started it dies, even by kill -9.
+
+    Linux delivers the signal itself (``PR_SET_PDEATHSIG``); a watchdog thread that notices the parent
+    change does the same everywhere else, and covers a parent that died before the call.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_WATCH_S)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="pqt-parent-watch", daemon=True).start()
+
+
+def _worker(kind: str, config: dict[str, Any], run_dir: str, threads: int, parent: int) -> None:
     """Entry point of a worker process (spawned): one run, output to run_dir/worker.log."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
 
@@ -40,6 +66,7 @@ def _worker(kind: str, config: dict[str, Any], run_dir: str, threads: int) -> No
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    _die_with_parent(parent)
     path = Path(run_dir)
     path.mkdir(parents=True, exist_ok=True)
     with open(path / WORKER_LOG, "a", buffering=1) as log:
@@ -181,7 +208,8 @@ def _run_in_workers(study: Study, root: Path, todo: list[RunSpec], jobs: int, th
             while pending and len(active) < jobs:
                 run = pending.popleft()
                 (root / run.name).mkdir(parents=True, exist_ok=True)
-                p = ctx.Process(target=_worker, args=(study.kind, run.config, str(root / run.name), threads),
+                p = ctx.Process(target=_worker, args=(study.kind, run.config, str(root / run.name), threads,
+                                                      os.getpid()),
                                 name=f"pqt-sweep-{run.name}", daemon=False)
                 p.start()
                 active[run.name] = (p, run)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import traceback
@@ -44,7 +46,15 @@ def inspect_run(run_dir: Path, kind: str, config: dict[str, Any]) -> tuple[str, 
     if not has_checkpoint and not finished:
         return "new", ""
     if (run_dir / run_files.CONFIG).is_file():
-        recorded = run_files.read_json(run_dir / run_files.CONFIG)
+        path = run_dir / run_files.CONFIG
+        try:
+            recorded = run_files.read_json(path)
+        except (OSError, ValueError) as e:
+            recorded = e
+        if not isinstance(recorded, dict):
+            why = f"{type(recorded).__name__}" if isinstance(recorded, Exception) else "not a JSON object"
+            return "mismatch", (f"{path} is damaged ({why}); restore it, or delete the directory to start the run "
+                                "again")
         diffs = _differences(kind, recorded, wanted)
         if diffs:
             return "mismatch", (f"{run_dir} holds a run with other settings ({'; '.join(diffs)}); delete the "
@@ -108,45 +118,51 @@ def _run_baseline(config: dict[str, Any], run_dir: Path, progress: Callable[[flo
                  log=lambda line: run_files.append_log(run_dir / run_files.LOG, line), progress=progress)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+class RunLock:
+    """Exclusive ownership of a run directory: an ``fcntl.flock`` on its lock file, held while the run trains.
 
+    The kernel releases the lock when its holder dies, however it dies (``kill -9`` included), so there is
+    no stale lock to clean and no process id to be mistaken for another after reuse. The file holds the
+    holder's pid for people to read; it is removed on release while still locked, and a process that
+    locked a file removed under it tries again on the new one.
+    """
 
-def _lock(run_dir: Path) -> str | None:
-    """Take the run's lock file; None when taken, else why not (another live process holds it)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / LOCK_FILE
-    for _ in range(3):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> str | None:
+        """Take the lock: None when taken, else why not (another live process holds it)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(10):
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
             try:
-                pid = int(path.read_text().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            if pid and pid != os.getpid() and _pid_alive(pid):
-                return f"another process (pid {pid}) is training this run; skipped"
-            path.unlink(missing_ok=True)  # stale: its process is gone
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        return None
-    return f"could not lock {path}; skipped"
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip()
+                os.close(fd)
+                who = f" (pid {holder})" if holder.isdigit() else ""
+                return f"another process{who} is training this run; skipped"
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # its previous holder removed it between our open and our lock
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            self._fd = fd
+            return None
+        return f"could not lock {self.path}; skipped"
 
-
-def _unlock(run_dir: Path) -> None:
-    path = run_dir / LOCK_FILE
-    try:
-        if int(path.read_text().strip() or 0) == os.getpid():
-            path.unlink()
-    except (OSError, ValueError):
-        pass
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        os.close(self._fd)
+        self._fd = None
 
 
 def execute_run(kind: str, config: dict[str, Any], run_dir: str | Path,
@@ -154,19 +170,20 @@ def execute_run(kind: str, config: dict[str, Any], run_dir: str | Path,
     """Run, resume or skip one run; returns (status, message).
 
     Status: finished, skipped (already finished), busy (another live process holds the run's
-    lock file) or failed. A failure (a UserError, or any other exception with its traceback) is
+    lock: :class:`RunLock`) or failed. A failure (a UserError, or any other exception with its traceback) is
     written to ``run_dir/error.txt`` and returned, never raised; KeyboardInterrupt propagates (the
     run keeps its last checkpoint).
     """
     run_dir = Path(run_dir)
     progress = progress or (lambda fraction: None)
-    busy = _lock(run_dir)
+    lock = RunLock(run_dir)
+    busy = lock.acquire()
     if busy is not None:
         return "busy", busy
     try:
         return _execute_locked(kind, config, run_dir, progress)
     finally:
-        _unlock(run_dir)
+        lock.release()
 
 
 def _execute_locked(kind: str, config: dict[str, Any], run_dir: Path,

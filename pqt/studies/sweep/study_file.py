@@ -24,7 +24,7 @@ RUN_COLUMNS = ("test_accuracy", "train_accuracy", "test_loss", "train_loss", "ge
                "rounds_completed", "epochs_completed", "shots_used", "circuit_evaluations", "postselection_rate")
 STD_KINDS = {"population": 0, "sample": 1}
 ERROR_FILE = "error.txt"
-LOCK_FILE = ".sweep.lock"  # holds the pid of the process training the run
+LOCK_FILE = ".sweep.lock"  # flock-ed by the process training the run (its pid inside, for people to read)
 WORKER_LOG = "worker.log"
 DEFAULT_OUT = Path("experiments/runs")
 DEFAULT_RESULTS = Path("experiments/results")
