@@ -212,6 +212,7 @@ class FakeCloud:
         self.error_rate = float(error_rate)
         self._error_rng = np.random.default_rng([self.seed, 0xE77])
         self.random_errors = 0  # requests failed by error_rate
+        self.faults_applied: Counter[str] = Counter()  # "<fault>:<endpoint>" or job fault -> times it struck
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._faults = _Faults()
@@ -314,9 +315,11 @@ class FakeCloud:
             for i, (kind, target) in enumerate(self._faults.requests):
                 if target is None or target == endpoint:
                     del self._faults.requests[i]
+                    self.faults_applied[f"{kind}:{endpoint}"] += 1
                     return kind
             if self.error_rate and self._error_rng.random() < self.error_rate:
                 self.random_errors += 1
+                self.faults_applied[f"random 5xx:{endpoint}"] += 1
                 return "5xx"
         return None
 
@@ -381,6 +384,8 @@ class FakeCloud:
         results = json.dumps(serialize(simulate(payload, np.random.default_rng([self.seed, serial]))))
         with self._lock:
             fault = self._faults.jobs.popleft() if self._faults.jobs else None
+            if fault is not None:
+                self.faults_applied[fault] += 1
         job = _Job(id=str(uuid.uuid4()), platform=platform, name=str(body.get("job_name", "")),
                    payload=payload, key=payload_key(payload, platform), created=time.time(), fault=fault,
                    results=None if fault == "fail" else results)

@@ -504,7 +504,7 @@ def _can_mount_tmpfs() -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs `unshare -Urm` to mount a small tmpfs")
 def test_a_really_full_disk(tmp_path) -> None:
-    """A real ENOSPC: a 2 MB tmpfs, filled while the run is paused after round 1."""
+    """A real ENOSPC: a 2 MB tmpfs, filled while the run is paused after round 1 (ENOSPC from the kernel)."""
     script = tmp_path / "full_disk.py"
     script.write_text("""
 import json, os, signal, subprocess, sys, time
@@ -532,10 +532,6 @@ out, err = proc.communicate(timeout=300)
 result = {"rc": proc.returncode, "err": err, "metrics": json.load(open(os.path.join(run, "metrics.json"))),
           "round": __import__("torch").load(os.path.join(run, "checkpoint.pt"), weights_only=True)["round"],
           "tmp": [n for n in os.listdir(run) if n.endswith(".tmp")]}
-os.remove(os.path.join(disk, "filler"))
-resume = subprocess.run(cmd[:4] + ["--resume", run], capture_output=True, text=True)
-result["resume_rc"], result["resume_err"] = resume.returncode, resume.stderr
-result["final"] = json.load(open(os.path.join(run, "metrics.json")))
 json.dump(result, open(report, "w"))
 """)
     disk, report = tmp_path / "disk", tmp_path / "report.json"
@@ -550,8 +546,7 @@ json.dump(result, open(report, "w"))
     assert r["round"] == 1 and r["tmp"] == []
     m = r["metrics"]
     assert m["rounds_completed"] == 1 and m["status"] == "stopped" and "No space left" in m["stop_reason"]
-    assert r["resume_rc"] == 0, r["resume_err"]
-    assert r["final"]["status"] == "finished" and r["final"]["rounds_completed"] == 3
+    # (the resume after freeing space: test_a_full_disk_keeps_the_last_checkpoint_and_consistent_metrics)
 
 
 # --------------------------------------------------------------------------- a killed attempt's time (item 5)

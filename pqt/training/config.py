@@ -116,7 +116,7 @@ class TrainConfig:
                                      choices=("none", "relu", "tanh", "gelu"),
                                      default_text="the target's own: none for paper-cnn")
     fast_path: bool = setting(True, "use the specialised paper-CNN paths on CPU (off: --no-fast-path)",
-                              group="target", cli=False)
+                              group="target", cli=False, flag="--no-fast-path")
     # ---- training
     rounds: int = setting(200, "rounds (each: Adam epochs, then one phase-optimiser call)", group="training",
                           low=1)
