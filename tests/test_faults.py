@@ -178,6 +178,14 @@ def test_resume_refuses_any_other_changed_flag_in_one_line(cli_run_dir, tmp_path
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
+def test_resume_refuses_a_config_file(cli_run_dir, tmp_path, capsys) -> None:
+    """A --config file beside --resume would be ignored: refused instead."""
+    path = tmp_path / "more.json"
+    path.write_text(json.dumps({"rounds": 2}))
+    rc, _, err = cli(capsys, "train", "--resume", str(cli_run_dir), "--config", str(path))
+    one_line_error(rc, err, "--config cannot be combined with --resume")
+
+
 def test_resume_refuses_new_rounds_with_a_cosine_schedule(cli_run_dir, tmp_path, capsys) -> None:
     run = copy_run(cli_run_dir, tmp_path / "run")
     config = run_files.read_json(run / run_files.CONFIG)

@@ -51,6 +51,9 @@ def resume_config(out: Path, args: argparse.Namespace) -> tuple[TrainConfig, dic
     earlier resumes (which metrics.json lists under ``resumes``). A config.json that no longer says what the
     checkpoint says was edited by hand: that edit would be ignored, so it is refused (settings change by flags).
     """
+    if getattr(args, "config", None):
+        raise UserError("--config cannot be combined with --resume: the run's settings come from its checkpoint; "
+                        "change the ones a resume may change with their flags (pqt train --resume DIR --adam-lr ...)")
     recorded, resumes, path = checkpoint_settings(out)
     try:
         base = TrainConfig.from_dict(recorded).validate()
