@@ -111,17 +111,18 @@ def remote_run(index: int, out: Path, rng: random.Random, kills: int) -> dict[st
     token = f"campaign-{uuid.uuid4().hex}"
     error_rate = rng.choice([0.1, 0.2, 0.3])
     run = out / f"remote-{index}"
-    with FakeCloud(token, seed=index, error_rate=error_rate, timeout_delay=1.2) as cloud:
+    # Timeouts sized for a busy shared machine: the fake cloud simulates each job inside its create request.
+    with FakeCloud(token, seed=index, error_rate=error_rate, timeout_delay=4.0) as cloud:
         stop = threading.Event()
 
         def inject() -> None:
-            while not stop.wait(rng.uniform(0.1, 0.6)):
+            while not stop.wait(rng.uniform(0.2, 1.0)):
                 cloud.inject([rng.choice(FAULTS)])
 
         injector = threading.Thread(target=inject, daemon=True)
         injector.start()
         options = ["--backend", "remote", "--cloud-url", cloud.url, "--max-retries", "8", "--retry-backoff",
-                   "0.01", "--poll-interval", "0.02", "--request-timeout", "0.5", "--job-timeout", "1.5"]
+                   "0.01", "--poll-interval", "0.02", "--request-timeout", "2.5", "--job-timeout", "3"]
         cmd = [*CLI, "train", *TINY, *options, "--cobyla-maxiter", "8", "--shots", "500", "--rounds", "2",
                "--out", str(run)]
         try:
@@ -205,7 +206,7 @@ def killed_sweep(out: Path) -> dict[str, Any]:
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError("the sweep's workers never trained")
         time.sleep(0.1)
-    workers = [int((d / ".sweep.lock").read_text()) for d in dirs]
+    workers = [int((d / ".run.lock").read_text()) for d in dirs]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = time.monotonic()

@@ -186,6 +186,25 @@ def test_resume_refuses_a_config_file(cli_run_dir, tmp_path, capsys) -> None:
     one_line_error(rc, err, "--config cannot be combined with --resume")
 
 
+def test_a_run_being_trained_by_another_process_is_refused(cli_run_dir, tmp_path, capsys) -> None:
+    """pqt train holds the run's file lock: a second resume of the same folder is one line, and changes nothing."""
+    run = copy_run(cli_run_dir, tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    code = (f"import fcntl, os, time\nfd = os.open({str(run / run_files.LOCK)!r}, os.O_CREAT | os.O_RDWR)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nos.write(fd, str(os.getpid()).encode())\n"
+            "print('locked', flush=True)\ntime.sleep(120)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        rc, _, err = cli(capsys, "train", "--resume", str(run), "--rounds", "2")
+        one_line_error(rc, err, f"another process (pid {holder.pid}) is training this run")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != run_files.LOCK}
+    assert after == before
+
+
 def test_resume_refuses_new_rounds_with_a_cosine_schedule(cli_run_dir, tmp_path, capsys) -> None:
     run = copy_run(cli_run_dir, tmp_path / "run")
     config = run_files.read_json(run / run_files.CONFIG)

@@ -464,7 +464,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.slow
 def test_workers_die_with_a_killed_sweep(tmp_path: Path) -> None:
     """kill -9 of `pqt sweep --jobs 2`: its workers stop too (checkpoints kept), and free their runs' locks."""
-    from pqt.studies.sweep.runs import RunLock
+    from pqt.training.run_files import RunLock
 
     path = write_study(tmp_path, "[grid]\nbond_dim = [1, 2]\n",
                        base=TINY_BASE.replace("rounds = 1", "rounds = 40").replace("cobyla_maxiter = 5",
@@ -481,7 +481,7 @@ def test_workers_die_with_a_killed_sweep(tmp_path: Path) -> None:
         while not all(run_files.read_metrics(d).get("rounds_completed", 0) >= 1 for d in dirs):
             assert sweep_proc.poll() is None and time.monotonic() < deadline, "the workers never trained"
             time.sleep(0.1)
-        workers = [int((d / ".sweep.lock").read_text()) for d in dirs]
+        workers = [int((d / ".run.lock").read_text()) for d in dirs]
     finally:
         sweep_proc.send_signal(signal.SIGKILL)
         sweep_proc.wait()

@@ -169,18 +169,39 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     trainer = Trainer(config, out, log=lambda line: log(out, line))
     restore_sigint()  # backends may load more native code; Ctrl-C must stay a KeyboardInterrupt
-    if args.resume:
+    if not args.resume:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create the output folder {out} ({e.strerror or e}): choose a writable --out") \
+                from None
+    lock = run_files.RunLock(out)
+    try:
+        busy = lock.acquire()
+    except OSError as e:
+        raise UserError(f"cannot lock {out} ({e.strerror or e}): choose a writable --out") from None
+    if busy is not None:
+        raise UserError(f"{out}: {busy.replace('; skipped', '')}; wait for it to stop (or stop it) first")
+    try:
+        return _train(trainer, config, out, args.resume, changes)
+    finally:
+        lock.release()
+
+
+def _train(trainer: Any, config: TrainConfig, out: Path, resume: bool, changes: dict[str, Any]) -> int:
+    """Run a locked run directory: record the resume or write the new run's config, train, report."""
+    from pqt.training import run_files
+
+    if not resume and (out / run_files.CHECKPOINT).exists():  # another process started it meanwhile
+        raise UserError(f"{out} already holds a run; continue it with 'pqt train --resume {out}' or choose "
+                        "another --out")
+    if resume:
         trainer.load()
         if changes:
             trainer.record_resume_changes(changes)
         note = "; changed: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()) if changes else ""
         log(out, f"resuming {out} after round {trainer.state.round} of {config.rounds}{note}")
     else:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"cannot create the output folder {out} ({e.strerror or e}): choose a writable --out") \
-                from None
         run_files.write_json(out / run_files.CONFIG, config.to_dict())
         r = trainer.report
         log(out, f"pqt train -> {out} | {config.dataset} {len(trainer.train_set)}/{len(trainer.test_set)} | "

@@ -6,6 +6,7 @@
     metrics.json     the contract read by tools (see README), rewritten after every round and at every stop
     train.log        the per-round log lines
     .heartbeat       touched every few seconds while an attempt runs: a killed attempt's end time
+    .run.lock        locked (flock) by the process training the run
 
 Each file is written to a temporary file beside it (``.<name>.<random>.tmp``), flushed, fsynced and
 renamed over the old one. A write that fails (a full disk, a read-only folder) leaves the old file as
@@ -15,7 +16,9 @@ temporary file, which :func:`remove_stale_temp_files` deletes when the run start
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import json
 import os
 import tempfile
@@ -31,6 +34,7 @@ MODEL = "model.pt"
 METRICS = "metrics.json"
 LOG = "train.log"
 HEARTBEAT = ".heartbeat"
+LOCK = ".run.lock"  # flock-ed by the process training the run (its pid inside, for people to read)
 _ATOMIC = (CONFIG, CHECKPOINT, MODEL, METRICS)  # the files written through a temporary file
 
 Writer = Callable[[IO[bytes]], Any]
@@ -185,3 +189,51 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+class RunLock:
+    """Exclusive ownership of a run directory: an ``fcntl.flock`` on its lock file, held while the run trains
+    (by ``pqt train``, or by the sweep worker training it).
+
+    The kernel releases the lock when its holder dies, however it dies (``kill -9`` included), so there is
+    no stale lock to clean and no process id to be mistaken for another after reuse. The file holds the
+    holder's pid for people to read; it is removed on release while still locked, and a process that
+    locked a file removed under it tries again on the new one.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK
+        self._fd: int | None = None
+
+    def acquire(self) -> str | None:
+        """Take the lock: None when taken, else why not (another live process holds it)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(10):
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip()
+                os.close(fd)
+                who = f" (pid {holder})" if holder.isdigit() else ""
+                return f"another process{who} is training this run; skipped"
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # its previous holder removed it between our open and our lock
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            self._fd = fd
+            return None
+        return f"could not lock {self.path}; skipped"
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        os.close(self._fd)
+        self._fd = None

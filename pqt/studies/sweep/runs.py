@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pqt.errors import UserError
-from pqt.studies.sweep.study_file import ERROR_FILE, EXTENDABLE, LENGTH_KEYS, LOCK_FILE, NEUTRAL, normalise_config
+from pqt.studies.sweep.study_file import ERROR_FILE, EXTENDABLE, LENGTH_KEYS, NEUTRAL, normalise_config
 from pqt.training import run_files
+from pqt.training.run_files import RunLock
 
 # --------------------------------------------------------------------------- one run
 
@@ -116,53 +114,6 @@ def _run_baseline(config: dict[str, Any], run_dir: Path, progress: Callable[[flo
 
     run_baseline(BaselineConfig.from_dict(config), run_dir,
                  log=lambda line: run_files.append_log(run_dir / run_files.LOG, line), progress=progress)
-
-
-class RunLock:
-    """Exclusive ownership of a run directory: an ``fcntl.flock`` on its lock file, held while the run trains.
-
-    The kernel releases the lock when its holder dies, however it dies (``kill -9`` included), so there is
-    no stale lock to clean and no process id to be mistaken for another after reuse. The file holds the
-    holder's pid for people to read; it is removed on release while still locked, and a process that
-    locked a file removed under it tries again on the new one.
-    """
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = Path(run_dir) / LOCK_FILE
-        self._fd: int | None = None
-
-    def acquire(self) -> str | None:
-        """Take the lock: None when taken, else why not (another live process holds it)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(10):
-            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.read(fd, 32).decode(errors="replace").strip()
-                os.close(fd)
-                who = f" (pid {holder})" if holder.isdigit() else ""
-                return f"another process{who} is training this run; skipped"
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if not same:  # its previous holder removed it between our open and our lock
-                os.close(fd)
-                continue
-            os.ftruncate(fd, 0)
-            os.write(fd, str(os.getpid()).encode())
-            self._fd = fd
-            return None
-        return f"could not lock {self.path}; skipped"
-
-    def release(self) -> None:
-        if self._fd is None:
-            return
-        with contextlib.suppress(OSError):
-            self.path.unlink()
-        os.close(self._fd)
-        self._fd = None
 
 
 def execute_run(kind: str, config: dict[str, Any], run_dir: str | Path,

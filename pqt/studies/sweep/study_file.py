@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pqt.errors import UserError
+from pqt.training.run_files import LOCK
 
 KINDS = ("qt", "baseline")
 DEFAULT_METRICS = ("test_accuracy", "train_accuracy", "generalization_error", "trainable_parameters",
@@ -24,7 +25,7 @@ RUN_COLUMNS = ("test_accuracy", "train_accuracy", "test_loss", "train_loss", "ge
                "rounds_completed", "epochs_completed", "shots_used", "circuit_evaluations", "postselection_rate")
 STD_KINDS = {"population": 0, "sample": 1}
 ERROR_FILE = "error.txt"
-LOCK_FILE = ".sweep.lock"  # flock-ed by the process training the run (its pid inside, for people to read)
+LOCK_FILE = LOCK  # flock-ed by the process training the run (pqt.training.run_files.RunLock)
 WORKER_LOG = "worker.log"
 DEFAULT_OUT = Path("experiments/runs")
 DEFAULT_RESULTS = Path("experiments/results")
