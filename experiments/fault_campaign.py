@@ -116,8 +116,11 @@ def remote_run(index: int, out: Path, rng: random.Random, kills: int) -> dict[st
         stop = threading.Event()
 
         def inject() -> None:
+            # one fault at a time, at a random moment: queued faults would otherwise pile up on the
+            # slowed-down requests they cause and starve the run
             while not stop.wait(rng.uniform(0.2, 1.0)):
-                cloud.inject([rng.choice(FAULTS)])
+                if not cloud.pending_faults:
+                    cloud.inject([rng.choice(FAULTS)])
 
         injector = threading.Thread(target=inject, daemon=True)
         injector.start()
