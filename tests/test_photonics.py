@@ -160,6 +160,16 @@ def test_distribution_equals_perceval_processor_and_slos(qnns, shape) -> None:
         np.testing.assert_allclose(ours, slos_collision_free(qnn, phases), rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("shape", [(12, 6), (12, 5)])
+def test_cifar_size_distributions_equal_perceval_slos(shape) -> None:
+    """The CIFAR-10-size pair (924 x 792 patterns), numpy and torch paths, against Perceval's SLOS."""
+    qnn = PhotonicQNN(*shape)
+    phases = qnn.random_parameters(np.random.default_rng(99))
+    ref = slos_collision_free(qnn, phases)
+    np.testing.assert_allclose(qnn.distribution(phases), ref, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(qnn.torch_distribution(torch.from_numpy(phases)).numpy(), ref, rtol=0, atol=1e-10)
+
+
 def test_distribution_is_not_phase_independent(qnns) -> None:
     qnn = qnns[(9, 4)]
     rng = np.random.default_rng(5)

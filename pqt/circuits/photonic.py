@@ -14,7 +14,7 @@ unitary columns that the input photons see are built directly from those phases:
 layer is one block-diagonal matrix, all built with one scatter and chained by small matmuls
 (checked against ``circuit.compute_unitary()`` in the tests), and the collision-free
 probabilities are the squared permanents |Perm(U[S, inputs])|^2 of the N x N submatrices
-(Ryser's formula). Large photon numbers fall back to Perceval's SLOS fed with that unitary.
+(Glynn's formula). Large photon numbers fall back to Perceval's SLOS fed with that unitary.
 ``perceval_distribution`` is the straightforward Perceval path (Processor + Sampler), kept as
 the reference the tests and ``pqt bench`` compare against.
 """
@@ -40,7 +40,7 @@ __all__ = ["PhotonicQNN", "perceval_distribution", "sample_frequencies"]
 # Importing exqalibur (above, through perceval) replaces Python's SIGINT handler: put it back.
 restore_sigint()
 
-# Above this many photons Ryser's 2^N terms per pattern lose to Perceval's SLOS.
+# Above this many photons the 2^(N-1) terms per pattern lose to Perceval's SLOS.
 _MAX_PERMANENT_PHOTONS = 8
 
 
@@ -176,18 +176,20 @@ class PhotonicQNN(Circuit):
         return patterns
 
     @cached_property
-    def _ryser_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Constants of Ryser's formula for every pattern's N x N submatrix.
+    def _permanent_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Constants of Glynn's formula for every pattern's N x N submatrix.
 
-        Perm(A) = sum over column subsets T of (-1)^(N - |T|) prod_i sum_{j in T} A_ij: 2^N dense
-        terms (16 for 4 photons) instead of N! gathered products, as a gather, a matmul and a prod.
+        Perm(A) = 2^-(N-1) sum over d in {+-1}^N with d_1 = 1 of (prod_k d_k) prod_i sum_j d_j A_ij:
+        2^(N-1) dense terms (32 for 6 photons; Ryser's formula needs 2^N) instead of N! gathered
+        products. The row sums of all patterns are ONE (K*N, N) @ (N, 2^(N-1)) GEMM, since every
+        pattern shares the sign table; then a product over rows and a dot with the signs.
         """
         n = self.photons
-        subsets = np.array(list(itertools.product((0.0, 1.0), repeat=n)))  # (2^N, N)
-        signs = (-1.0) ** (n - subsets.sum(1))
+        deltas = np.array([(1.0, *rest) for rest in itertools.product((1.0, -1.0), repeat=n - 1)])  # (T, N)
+        signs = deltas.prod(1) / 2.0 ** (n - 1)
         # flat index of U[S_k[i], j] in the (M x N) columns, for pattern k, row i, column j
         gather = (self.output_modes[:, :, None] * n + np.arange(n)[None, None, :]).reshape(-1)
-        return gather, subsets.T.copy(), signs
+        return gather, deltas.T.astype(np.complex128), signs
 
     # ---- unitary -------------------------------------------------------------------------------
     def _layer_matrices(self, phases: Any, xp: Any) -> Any:
@@ -242,21 +244,21 @@ class PhotonicQNN(Circuit):
     # ---- distributions -------------------------------------------------------------------------
     def collision_free_probabilities(self, columns: Any, xp: Any = np) -> Any:
         """Unnormalised |Perm(U[S, inputs])|^2 for every pattern S, from the M x N columns."""
-        gather, subsets, signs = self._ryser_tables if xp is np else self._torch_ryser(columns.device)
+        gather, deltas, signs = self._permanent_tables if xp is np else self._torch_permanent(columns.device)
         n = self.photons
-        sub = columns.reshape(-1)[gather].reshape(-1, n, n)  # (K, N, N): U[S_k[i], input j]
-        perm = ((sub @ subsets).prod(1) * signs).sum(-1)
+        rows = columns.reshape(-1)[gather].reshape(-1, n)  # (K*N, N): U[S_k[i], input j]
+        perm = (rows @ deltas).reshape(-1, n, deltas.shape[1]).prod(1) @ signs
         return perm.real**2 + perm.imag**2
 
-    def _torch_ryser(self, device: Any) -> tuple[Any, Any, Any]:
+    def _torch_permanent(self, device: Any) -> tuple[Any, Any, Any]:
         import torch
 
-        key = ("ryser", str(device))
+        key = ("permanent", str(device))
         if key not in self._torch_cache:
-            gather, subsets, signs = self._ryser_tables
+            gather, deltas, signs = self._permanent_tables
             self._torch_cache[key] = (torch.as_tensor(gather, device=device),
-                                      torch.as_tensor(subsets, dtype=torch.complex128, device=device),
-                                      torch.as_tensor(signs, dtype=torch.float64, device=device))
+                                      torch.as_tensor(deltas, dtype=torch.complex128, device=device),
+                                      torch.as_tensor(signs, dtype=torch.complex128, device=device))
         return self._torch_cache[key]
 
     def exact_distribution(self, phases: Any) -> np.ndarray:
