@@ -108,7 +108,8 @@ class TrainConfig:
     activation: str | None = setting(None, "activation of a built-in target", group="target",
                                      choices=("none", "relu", "tanh", "gelu"),
                                      default_text="the target's own: none for paper-cnn")
-    fast_path: bool = setting(True, "use the specialised paper-CNN paths on CPU (off: --no-fast-path)",
+    fast_path: bool = setting(True, "use the specialised paper-CNN paths, and channels-last images for other "
+                              "convolutional targets, on CPU (off: --no-fast-path)",
                               group="target", cli=False)
     # ---- training
     rounds: int = setting(200, "rounds (each: Adam epochs, then one phase-optimiser call)", group="training",

@@ -366,6 +366,7 @@ class Trainer:
             "backend_settings": self.backend.describe(),
             "phase_optimizer": c.phase_optimizer, "dataset": c.dataset,
             "fast_path": getattr(self.method, "fast_path", False),
+            "channels_last": getattr(self.method, "channels_last", False),
             "train_size": len(self.train_set), "test_size": len(self.test_set),
             "rounds_completed": s.round, "rounds_planned": c.rounds, "seed": c.seed,
             "wall_seconds": s.wall_seconds, "shots_used": counters.shots_used,
