@@ -70,9 +70,12 @@ class MLPMapper(Mapper):
                 x = torch.tanh(x)
         return x.squeeze(1)
 
-    def reference_forward(self, values: torch.Tensor) -> torch.Tensor:
-        """Layer by layer, as written (the papers' way); for tests and benchmarks."""
-        x = self.features(values)
+    def reference_forward(self, values: torch.Tensor, limit: int | None = None) -> torch.Tensor:
+        """Layer by layer, as written (the papers' way); for tests and benchmarks.
+
+        ``limit``: only the first ``limit`` weights (a benchmark times a slice of a large target).
+        """
+        x = self.features(values)[:limit]
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if self._activated(i):

@@ -182,9 +182,12 @@ class MPSMapper(Mapper):
     def forward(self, values: torch.Tensor) -> torch.Tensor:
         return self.mps.forward_planned(self.plan, values.to(self.bits))
 
-    def reference_forward(self, values: torch.Tensor) -> torch.Tensor:
-        """Straightforward per-weight contraction (the paper's way); for tests and benchmarks."""
-        return self.mps(self.features(values))
+    def reference_forward(self, values: torch.Tensor, limit: int | None = None) -> torch.Tensor:
+        """Straightforward per-weight contraction (the paper's way); for tests and benchmarks.
+
+        ``limit``: only the first ``limit`` weights (a benchmark times a slice of a large target).
+        """
+        return self.mps(self.features(values)[:limit])
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "bond_dim": self.bond_dim}
