@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import shutil
 
@@ -164,7 +165,9 @@ def test_resume_after_kill_mid_round_equals_uninterrupted_run(runs, two_round_ru
 @pytest.mark.parametrize("overrides", [
     {"phase_optimizer": "spsa", "spsa_iterations": 5},
     {"phase_optimizer": "exact-gradient", "shots": None},
-], ids=["spsa", "exact-gradient"])
+    pytest.param({"phase_optimizer": "nlopt-cobyla"}, marks=pytest.mark.skipif(
+        importlib.util.find_spec("nlopt") is None, reason="optional nlopt not installed (pip install nlopt)")),
+], ids=["spsa", "exact-gradient", "nlopt-cobyla"])
 def test_resume_equivalence_other_phase_optimizers(runs, tiny_config, make_trainer, tmp_path, overrides) -> None:
     whole, split = tmp_path / "whole", tmp_path / "split"
     make_trainer(tiny_config(rounds=2, **overrides), whole).run()

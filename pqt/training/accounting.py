@@ -58,7 +58,7 @@ def plan_run(config: TrainConfig) -> dict[str, Any]:
     import backends
 
     n_circuits = len(config.qnn_modes) if config.generator == "photonic" else 1
-    if config.phase_optimizer == "cobyla":
+    if config.phase_optimizer in ("cobyla", "nlopt-cobyla"):
         objective_calls = config.cobyla_maxiter
     elif config.phase_optimizer == "spsa":
         objective_calls = 2 * config.spsa_iterations

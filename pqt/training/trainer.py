@@ -42,7 +42,14 @@ from pqt.targets import loss_and_accuracy
 from pqt.training import run_files
 from pqt.training.config import TrainConfig
 from pqt.training.method import Method, Network
-from pqt.training.phase_optimizers import PhaseStep, run_cobyla, run_spsa
+from pqt.training.phase_optimizers import (
+    COBYLA_OPTIMIZERS,
+    PhaseStep,
+    import_nlopt,
+    run_cobyla,
+    run_nlopt_cobyla,
+    run_spsa,
+)
 
 # Salts that keep the per-round random streams independent of one another.
 _SHUFFLE, _PHASE_BATCH, _SPSA = 1, 2, 3
@@ -101,6 +108,8 @@ class Trainer:
         self.backend: Backend = backends.create_backend(
             config.backend, shots=config.shots, seed=config.seed, max_shots=config.max_shots,
             run_dir=self.out_dir, options=config.backend_options)
+        if config.phase_optimizer == "nlopt-cobyla":
+            import_nlopt()  # an optional dependency: refuse before any work if it is missing
         self.joint = config.phase_optimizer == "exact-gradient"
         if self.joint and not self.backend.supports_exact_gradient:
             raise UserError(
@@ -265,7 +274,7 @@ class Trainer:
             return None  # the circuit parameters trained with the model in the Adam stage
         loss_on_batch = self.method.batch_objective(*batch)
         counter = iter(range(10**12))
-        bar = tqdm(total=c.cobyla_maxiter if c.phase_optimizer == "cobyla" else 2 * c.spsa_iterations,
+        bar = tqdm(total=c.cobyla_maxiter if c.phase_optimizer in COBYLA_OPTIMIZERS else 2 * c.spsa_iterations,
                    desc=f"round {r + 1} {c.phase_optimizer}", leave=False, disable=None, file=sys.stderr)
 
         def objective(theta: np.ndarray) -> float:
@@ -279,6 +288,8 @@ class Trainer:
             x0 = np.concatenate(self.state.parameters)
             if c.phase_optimizer == "cobyla":
                 step = run_cobyla(objective, x0, c)
+            elif c.phase_optimizer == "nlopt-cobyla":
+                step = run_nlopt_cobyla(objective, x0, c)
             else:
                 step = run_spsa(objective, x0, c, _stream(c.seed, r, _SPSA))
         finally:
