@@ -204,6 +204,23 @@ def test_torch_distribution_equals_numpy(qnns, shape) -> None:
         np.testing.assert_allclose(t.numpy(), qnn.distribution(phases), rtol=0, atol=1e-12)
 
 
+def test_torch_distribution_of_a_batch_equals_each_setting(qnns) -> None:
+    """A (B, P) batch of phase settings: each row's distribution and gradient as if computed alone."""
+    qnn = qnns[(9, 4)]
+    rng = np.random.default_rng(31)
+    batch = torch.from_numpy(np.stack([qnn.random_parameters(rng) for _ in range(5)])).requires_grad_(True)
+    weights = torch.from_numpy(rng.normal(size=qnn.n_outcomes))
+    probs = qnn.torch_distribution(batch)
+    assert probs.shape == (5, qnn.n_outcomes)
+    (probs * weights).sum().backward()
+    for i in range(5):
+        np.testing.assert_allclose(probs[i].detach().numpy(), qnn.distribution(batch[i].detach().numpy()),
+                                   rtol=0, atol=1e-12)
+        single = batch[i].detach().clone().requires_grad_(True)
+        (qnn.torch_distribution(single) * weights).sum().backward()
+        torch.testing.assert_close(batch.grad[i], single.grad, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("shape", PAPER_SHAPES)
 def test_torch_distribution_equals_perceval(qnns, shape) -> None:
     """The differentiable simulation (exact-gradient training) against Perceval itself, to 1e-10."""

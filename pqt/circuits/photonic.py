@@ -193,22 +193,27 @@ class PhotonicQNN(Circuit):
 
     # ---- unitary -------------------------------------------------------------------------------
     def _layer_matrices(self, phases: Any, xp: Any) -> Any:
-        """(n_layers, M, M) block-diagonal layer matrices; ``xp`` is numpy or torch."""
+        """(..., n_layers, M, M) block-diagonal layer matrices; ``xp`` is numpy or torch.
+
+        torch takes a batch of phase settings (..., P): one layer stack per setting.
+        """
         plan = self._plan
-        ea = xp.exp(1j * phases[plan.phase_a])
-        eb = xp.exp(1j * phases[plan.phase_b])
+        ea = xp.exp(1j * phases[..., plan.phase_a])
+        eb = xp.exp(1j * phases[..., plan.phase_b])
         # MZI = PS(b) . BS . PS(a) . BS with Perceval's BS (Rx convention):
         # [[eb (ea - 1), i eb (ea + 1)], [i (ea + 1), 1 - ea]] / 2
-        blocks = xp.concatenate([0.5 * eb * (ea - 1), 0.5j * eb * (ea + 1), 0.5j * (ea + 1), 0.5 * (1 - ea)])
-        size = plan.n_layers * plan.modes * plan.modes
+        parts = [0.5 * eb * (ea - 1), 0.5j * eb * (ea + 1), 0.5j * (ea + 1), 0.5 * (1 - ea)]
+        shape = (plan.n_layers, plan.modes, plan.modes)
         if xp is np:
-            flat = np.zeros(size, dtype=np.complex128)
+            flat = np.zeros(plan.n_layers * plan.modes * plan.modes, dtype=np.complex128)
             flat[plan.identity_index] = 1.0
-            flat[plan.block_index] = blocks
-        else:
-            block_index, identity = self._torch_constants(phases.device)
-            flat = identity.index_put((block_index,), blocks)  # out of place: differentiable
-        return flat.reshape(plan.n_layers, plan.modes, plan.modes)
+            flat[plan.block_index] = np.concatenate(parts)
+            return flat.reshape(shape)
+        block_index, identity = self._torch_constants(phases.device)
+        batch = phases.shape[:-1]
+        flat = identity.expand(*batch, -1).clone()
+        flat[..., block_index] = xp.cat(parts, -1)  # into a fresh tensor: differentiable
+        return flat.reshape(*batch, *shape)
 
     def _torch_constants(self, device: Any) -> tuple[Any, Any]:
         import torch
@@ -222,10 +227,10 @@ class PhotonicQNN(Circuit):
         return self._torch_cache[key]
 
     def _propagate(self, phases: Any, columns: Any, xp: Any) -> Any:
-        """Apply the mesh to ``columns`` (M x k): the layer matrices, first layer first."""
+        """Apply the mesh to ``columns`` (M x k): the layer matrices, first layer first (batched in torch)."""
         layers = self._layer_matrices(phases, xp)
-        for k in range(self._plan.n_layers):
-            columns = layers[k] @ columns
+        for layer in (layers if xp is np else layers.unbind(-3)):  # unbind: see collision_free_probabilities
+            columns = layer @ columns
         return columns
 
     def unitary(self, phases: Any) -> np.ndarray:
@@ -245,9 +250,17 @@ class PhotonicQNN(Circuit):
     def collision_free_probabilities(self, columns: Any, xp: Any = np) -> Any:
         """Unnormalised |Perm(U[S, inputs])|^2 for every pattern S, from the M x N columns."""
         gather, deltas, signs = self._permanent_tables if xp is np else self._torch_permanent(columns.device)
-        n = self.photons
-        rows = columns.reshape(-1)[gather].reshape(-1, n)  # (K*N, N): U[S_k[i], input j]
-        perm = (rows @ deltas).reshape(-1, n, deltas.shape[1]).prod(1) @ signs
+        n, batch = self.photons, columns.shape[:-2]
+        rows = columns.reshape(*batch, -1)[..., gather].reshape(*batch, -1, n)  # (..., K*N, N): U[S_k[i], j]
+        sums = (rows @ deltas).reshape(*batch, -1, n, deltas.shape[1])
+        if xp is np:
+            products = sums.prod(-2)
+        else:  # torch's prod backward (zero checks, copies) costs more than the forward; N products do not
+            first, *others = sums.unbind(-2)  # unbind: one backward node, not a zero-filled gradient per row
+            products = first
+            for row in others:
+                products = products * row
+        perm = products @ signs
         return perm.real**2 + perm.imag**2
 
     def _torch_permanent(self, device: Any) -> tuple[Any, Any, Any]:
@@ -280,13 +293,17 @@ class PhotonicQNN(Circuit):
 
     # ---- torch (differentiable) ----------------------------------------------------------------
     def torch_distribution(self, phases: Any) -> Any:
-        """Differentiable exact distribution: ``phases`` a float64 torch tensor (grad allowed)."""
+        """Differentiable exact distribution: ``phases`` a float64 torch tensor (grad allowed).
+
+        ``phases`` may be a batch (B, P) of settings: the result is then (B, K), all computed together
+        (one set of batched matrix products instead of B passes).
+        """
         import torch
 
         start = torch.eye(self.modes, dtype=torch.complex128, device=phases.device)[:, list(self.input_modes)]
         columns = self._propagate(phases, start, torch)
         probs = self.collision_free_probabilities(columns, xp=torch)
-        return probs / probs.sum()
+        return probs / probs.sum(-1, keepdim=True)
 
 
 
