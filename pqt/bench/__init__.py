@@ -19,6 +19,8 @@ SECTIONS = {
     "photonic-qt": "pqt.bench.photonic_qt",
     "qubit": "pqt.bench.qubit",
     "cifar": "pqt.bench.cifar",
+    "merlin": "pqt.bench.merlin",
+    "pennylane": "pqt.bench.pennylane",
 }
 
 
