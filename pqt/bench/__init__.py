@@ -21,6 +21,7 @@ SECTIONS = {
     "cifar": "pqt.bench.cifar",
     "merlin": "pqt.bench.merlin",
     "pennylane": "pqt.bench.pennylane",
+    "cobyla": "pqt.bench.cobyla",
 }
 
 
