@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import shutil
 
 import numpy as np
@@ -338,3 +339,24 @@ def test_cosine_schedule_decays_both_learning_rates(tiny_config, make_trainer, t
     constant = make_trainer(tiny_config(rounds=1), tmp_path / "constant")
     constant._schedule_lr(0.9)
     assert constant.adam.param_groups[0]["lr"] == pytest.approx(1e-3)
+
+
+def test_metrics_record_the_thread_settings(two_round_run) -> None:
+    """Results depend on the torch thread count: every run records it, with OpenMP's wait policy."""
+    threads = two_round_run["metrics"]["threads"]
+    assert threads["torch_threads"] == torch.get_num_threads()
+    assert threads["omp_wait_policy"] == os.environ.get("OMP_WAIT_POLICY", "unset")
+    assert set(threads) == {"torch_threads", "omp_wait_policy", "omp_wait_policy_in_effect", "numpy_blas_threads"}
+
+
+def test_pqt_sets_a_passive_openmp_wait_policy_unless_the_user_chose_one() -> None:
+    import subprocess
+    import sys
+
+    code = "import pqt, os; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ACTIVE"

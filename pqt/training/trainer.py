@@ -39,6 +39,7 @@ from backends.base import Backend
 from pqt.data import Dataset, training_splits
 from pqt.errors import UserError
 from pqt.targets import loss_and_accuracy
+from pqt.threads import thread_settings
 from pqt.training import run_files
 from pqt.training.config import TrainConfig
 from pqt.training.method import Method, Network
@@ -378,6 +379,7 @@ class Trainer:
             "phase_optimizer": c.phase_optimizer, "dataset": c.dataset,
             "fast_path": getattr(self.method, "fast_path", False),
             "channels_last": getattr(self.method, "channels_last", False),
+            "threads": thread_settings(),
             "train_size": len(self.train_set), "test_size": len(self.test_set),
             "rounds_completed": s.round, "rounds_planned": c.rounds, "seed": c.seed,
             "wall_seconds": s.wall_seconds, "shots_used": counters.shots_used,
