@@ -53,9 +53,10 @@ def run(repeats: int) -> dict[str, Any]:
                          "python": "this process" if python == sys.executable else python,
                          "timing": "ours and MerLin alternated call by call in the peer's process"}
     for key in ("forward", "forward_backward", "batch_forward", "batch_forward_backward"):
-        r[f"{key}_ms"] = float(peer[f"ours_{key}_ms"])
-        r[f"merlin_{key}_ms"] = float(peer[f"peer_{key}_ms"])
-        r[f"{key}_speedup"] = r[f"merlin_{key}_ms"] / r[f"{key}_ms"]
+        for clock in ("", "cpu_"):  # wall-clock and CPU-time medians (one thread: CPU time ignores the load)
+            r[f"{key}_{clock}ms"] = float(peer[f"ours_{key}_{clock}ms"])
+            r[f"merlin_{key}_{clock}ms"] = float(peer[f"peer_{key}_{clock}ms"])
+            r[f"{key}_{clock}speedup"] = r[f"merlin_{key}_{clock}ms"] / r[f"{key}_{clock}ms"]
     # Compared with this process's results (numpy and torch paths), so across two processes and torch builds.
     r["max_abs_diff_probs"] = float(np.abs(peer["probs"] - qnn.exact_distribution(phases)).max())
     r["max_abs_diff_grad"] = float(np.abs(peer["grad"] - leaf.grad.numpy()).max())
@@ -72,7 +73,7 @@ def table(r: dict[str, Any]) -> None:
         return
     print(f"MerLin {r['merlin_version']} (torch {r['merlin_torch']}, {r['merlin_threads']} thread(s), {r['python']}) "
           f"vs ours, {r['modes']} modes / {r['photons']} photons, float64; {r['timing']}")
-    print(f"{'':58} {'ours':>9} {'MerLin':>10} {'speed-up':>9}")
+    print(f"{'':58} {'ours':>9} {'MerLin':>10} {'speed-up':>9} {'(CPU time)':>11}")
     rows = [("exact distribution (ours: numpy)", "forward_ms", "merlin_forward_ms"),
             ("distribution + gradient (ours: torch)", "forward_backward_ms", "merlin_forward_backward_ms"),
             (f"batch of {r['batch']}: distributions (ours: batched torch)", "batch_forward_ms",
@@ -80,7 +81,8 @@ def table(r: dict[str, Any]) -> None:
             (f"batch of {r['batch']}: distributions + gradients", "batch_forward_backward_ms",
              "merlin_batch_forward_backward_ms")]
     for label, ours, peer in rows:
-        print(f"{label:58} {r[ours]:>7.3f}ms {r[peer]:>8.3f}ms {r[peer] / r[ours]:>8.1f}x")
+        cpu = r[peer.replace("_ms", "_cpu_ms")] / r[ours.replace("_ms", "_cpu_ms")]
+        print(f"{label:58} {r[ours]:>7.3f}ms {r[peer]:>8.3f}ms {r[peer] / r[ours]:>8.1f}x {cpu:>10.1f}x")
     print(f"max |ours - MerLin|: probs {r['max_abs_diff_probs']:.1e}, gradient {r['max_abs_diff_grad']:.1e}, batch "
           f"{r['max_abs_diff_batch_probs']:.1e} / {r['max_abs_diff_batch_grad']:.1e}; outcome order matches: "
           f"{r['outcome_order_matches']}")

@@ -30,17 +30,24 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def _paired_ms(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 3) -> dict[str, float]:
-    """Median ms of each function, called in turn within every repeat (warm-up: TorchScript and caches)."""
+    """Median ms of each function, called in turn within every repeat (warm-up: TorchScript and caches).
+
+    Returns wall-clock medians under the functions' names and CPU-time medians under ``NAME_cpu``: with
+    one thread the CPU time is what the call costs whatever else runs on the machine.
+    """
     for _ in range(warmup):
         for fn in fns.values():
             fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for key, fn in fns.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
-            times[key].append((time.perf_counter() - start) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
+            cpu[key].append((time.process_time() - start_cpu) * 1e3)
+            wall[key].append((time.perf_counter() - start) * 1e3)
+    return {**{k: statistics.median(v) for k, v in wall.items()},
+            **{f"{k}_cpu": statistics.median(v) for k, v in cpu.items()}}
 
 
 def merlin(spec: dict[str, Any]) -> dict[str, Any]:
@@ -94,14 +101,14 @@ def merlin(spec: dict[str, Any]) -> dict[str, Any]:
                                    "peer": lambda: batched(settings)}}
         for name, fns in pairs.items():
             for who, ms in _paired_ms(fns, repeats).items():
-                out[f"{who}_{name}_ms"] = ms
+                out[f"{who.replace('_cpu', '')}_{name}_{'cpu_' if who.endswith('_cpu') else ''}ms"] = ms
         out["probs"] = single()[0].numpy()
         out["batch_probs"] = batched(settings).numpy()
     for name, fns in {"forward_backward": {"ours": ours_forward_backward, "peer": forward_backward},
                       "batch_forward_backward": {"ours": ours_batch_forward_backward,
                                                  "peer": batch_forward_backward}}.items():
         for who, ms in _paired_ms(fns, repeats).items():
-            out[f"{who}_{name}_ms"] = ms
+            out[f"{who.replace('_cpu', '')}_{name}_{'cpu_' if who.endswith('_cpu') else ''}ms"] = ms
     forward_backward()
     batch_forward_backward()
     out["grad"] = single.phi.grad.numpy()
@@ -172,10 +179,12 @@ def pennylane(spec: dict[str, Any]) -> dict[str, Any]:
                                     "peer": lambda f=forward, t=theta: f(t)}, repeats, warmup=1)
                 out[f"{name}_L{blocks}_probs"] = forward(theta).numpy()
             for who, ms in times.items():
-                out[f"{who}_{name}_L{blocks}_forward_ms"] = ms
+                kind = "forward_cpu" if who.endswith("_cpu") else "forward"
+                out[f"{who.replace('_cpu', '')}_{name}_L{blocks}_{kind}_ms"] = ms
             times = _paired_ms({"ours": ours_forward_backward, "peer": forward_backward}, repeats, warmup=1)
             for who, ms in times.items():
-                out[f"{who}_{name}_L{blocks}_forward_backward_ms"] = ms
+                kind = "forward_backward_cpu" if who.endswith("_cpu") else "forward_backward"
+                out[f"{who.replace('_cpu', '')}_{name}_L{blocks}_{kind}_ms"] = ms
             forward_backward()
             out[f"{name}_L{blocks}_grad"] = leaf.grad.numpy()
         ours_forward_backward()

@@ -62,7 +62,7 @@ def run(repeats: int) -> dict[str, Any]:
         for d in DEVICES:
             if f"{d}_L{b}_probs" not in peer:
                 continue
-            for kind in ("forward", "forward_backward"):
+            for kind in ("forward", "forward_backward", "forward_cpu", "forward_backward_cpu"):
                 ours, theirs = float(peer[f"ours_{d}_L{b}_{kind}_ms"]), float(peer[f"peer_{d}_L{b}_{kind}_ms"])
                 r[f"{d}_L{b}_ours_{kind}_ms"], r[f"{d}_L{b}_{kind}_ms"] = ours, theirs
                 r[f"{d}_L{b}_{kind}_speedup"] = theirs / ours
@@ -77,7 +77,7 @@ def table(r: dict[str, Any]) -> None:
         return
     print(f"PennyLane {r['pennylane_version']} ({r['peer_threads']} thread(s), {r['python']}) vs our gate-based QNN, "
           f"{r['qubits']} qubits; {r['note']}")
-    print(f"{'':58} {'ours':>9} {'PennyLane':>10} {'speed-up':>9}")
+    print(f"{'':58} {'ours':>9} {'PennyLane':>10} {'speed-up':>9} {'(CPU time)':>11}")
     for b in BLOCKS:
         for d, label in (("default", "default.qubit backprop"), ("lightning", "lightning.qubit adjoint")):
             if f"{d}_L{b}_forward_ms" not in r:
@@ -85,7 +85,7 @@ def table(r: dict[str, Any]) -> None:
             for kind in ("forward", "forward_backward"):
                 text = f"{b} blocks, {kind.replace('_', '+')}, {label}"
                 print(f"{text:58} {r[f'{d}_L{b}_ours_{kind}_ms']:>7.2f}ms {r[f'{d}_L{b}_{kind}_ms']:>8.1f}ms "
-                      f"{r[f'{d}_L{b}_{kind}_speedup']:>8.1f}x")
+                      f"{r[f'{d}_L{b}_{kind}_speedup']:>8.1f}x {r[f'{d}_L{b}_{kind}_cpu_speedup']:>10.1f}x")
             print(f"{'':4}max |ours - {label}|: probs {r[f'{d}_L{b}_max_abs_diff_probs']:.1e}, gradient "
                   f"{r[f'{d}_L{b}_max_abs_diff_grad']:.1e}")
     for key in ("default_note", "lightning_note"):
