@@ -65,9 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"pqt: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("pqt: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        from pqt.interrupts import Terminated
+
+        print(f"pqt: {'terminated (SIGTERM)' if isinstance(e, Terminated) else 'interrupted'}", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
 
 
 if __name__ == "__main__":
