@@ -239,6 +239,46 @@ def test_tiny_run_files(runs, cli_run_dir) -> None:
     assert "round 1/1" in (cli_run_dir / "train.log").read_text()
 
 
+def test_run_records_its_provenance(cli_run_dir) -> None:
+    import hashlib
+    from importlib import metadata
+
+    record = json.loads((cli_run_dir / "provenance.json").read_text())
+    (attempt,) = record["attempts"]
+    assert attempt["event"] == "start"
+    data = attempt["data"]
+    assert data["dataset"] == "partial-mnist" and data["folder"] is not None  # config.json says data_dir: null
+    names = [Path(f["path"]).name.removesuffix(".gz") for f in data["files"]]
+    assert names == ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "val.csv"]
+    for f in data["files"]:
+        assert Path(f["path"]).is_relative_to(data["folder"])
+        assert f["sha256"] == hashlib.sha256(Path(f["path"]).read_bytes()).hexdigest()
+    versions = attempt["packages"]
+    assert versions["torch"] == metadata.version("torch") and versions["numpy"] == metadata.version("numpy")
+    assert versions["perceval-quandela"] and versions["scipy"] and versions["pqt"]
+    assert attempt["threads"]["torch"] >= 1 and "OMP_NUM_THREADS" in attempt["threads"]
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:
+        assert attempt["code"]["git_commit"] == head.stdout.strip()
+
+
+def test_provenance_resolves_the_data_folder_of_the_environment(tmp_path, monkeypatch) -> None:
+    from pqt.data import find_shared_data_dir
+    from pqt.training import provenance
+
+    shared = find_shared_data_dir()
+    monkeypatch.setenv("PQT_DATA_DIR", str(shared))
+    run = tmp_path / "run"
+    run.mkdir()
+    provenance.record(run, "partial-mnist", None, 1, "cpu", "start")
+    provenance.record(run, "partial-mnist", None, 1, "cpu", "resume")
+    attempts = json.loads((run / "provenance.json").read_text())["attempts"]
+    assert [a["event"] for a in attempts] == ["start", "resume"]
+    data = attempts[0]["data"]
+    assert data["folder"] == str(shared.resolve()) and data["folder_from"] == "PQT_DATA_DIR"
+    assert len(data["files"]) == 3 and all(len(f["sha256"]) == 64 for f in data["files"])
+
+
 def model_from(run: Path) -> PaperCNN:
     model = PaperCNN()
     model.load_state_dict(torch.load(run / "model.pt", weights_only=True))

@@ -158,6 +158,8 @@ def test_sweep_writes_tables_then_skips_finished_runs(tmp_path: Path) -> None:
 
     metrics_files = [tmp_path / "runs" / "tiny" / r.name / run_files.METRICS for r in study.runs]
     mtimes = [f.stat().st_mtime_ns for f in metrics_files]
+    # each run records its provenance beside config.json, which the skip below must not take for a setting
+    assert all((f.parent / run_files.PROVENANCE).is_file() for f in metrics_files)
     plan = describe_plan(study, tmp_path / "runs")
     assert "0 new, 0 to resume, 2 finished" in plan[0] and all(line.endswith("finished") for line in plan[1:3])
     _, again = sweep(path, tmp_path)

@@ -154,6 +154,7 @@ def _train(args: argparse.Namespace) -> int:
         raise UserError(f"{out} already holds a run; continue it with 'pqt train --resume {out}' or choose "
                         "another --out")
     from pqt.interrupts import Terminated, restore_sigint
+    from pqt.training import provenance
     from pqt.training.progress import RunProgress
     from pqt.training.trainer import Trainer
 
@@ -172,11 +173,13 @@ def _train(args: argparse.Namespace) -> int:
         trainer.load()
         if changes:
             trainer.record_resume_changes(changes)
+        provenance.record(out, config.dataset, config.data_dir, config.threads, config.device, "resume")
         note = "; changed: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()) if changes else ""
         say(f"resuming {out} after round {trainer.state.round} of {config.rounds}{note}")
     else:
         out.mkdir(parents=True, exist_ok=True)
         run_files.write_json(out / run_files.CONFIG, config.to_dict())
+        provenance.record(out, config.dataset, config.data_dir, config.threads, config.device, "start")
         trainer.save()  # a round-0 checkpoint: even a run killed in its first round can be resumed
         r = trainer.report
         say(f"pqt train -> {out} | {config.dataset} {len(trainer.train_set)}/{len(trainer.test_set)} | "

@@ -370,7 +370,7 @@ def _load_partial_dataset(files: tuple[tuple[str, int, int], ...]) -> tuple[Data
     return train, test
 
 
-def _load_cifar(data_dir: Path | None) -> tuple[Dataset, Dataset]:
+def _locate_cifar(data_dir: Path | None) -> list[Path]:
     from pqt.data import cifar
 
     roots = [data_dir] if data_dir is not None else [_CACHE_DIR]
@@ -380,7 +380,7 @@ def _load_cifar(data_dir: Path | None) -> tuple[Dataset, Dataset]:
         raise UserError(f"dataset 'cifar-10': the python batches ({', '.join(cifar.TRAIN_FILES + cifar.TEST_FILES)}) "
                         f"were not found in {looked}; unpack cifar-10-python.tar.gz (torchvision's CIFAR10 download) "
                         f"there and {_HINT}")
-    return _load_cifar_folder(_stat_key(folder / n for n in cifar.TRAIN_FILES + cifar.TEST_FILES))
+    return [folder / n for n in cifar.TRAIN_FILES + cifar.TEST_FILES]
 
 
 @functools.lru_cache(maxsize=2)
@@ -398,16 +398,30 @@ def _require_dir(name: str, data_dir: Path, source: str) -> None:
         raise UserError(f"dataset {name!r}: data folder {data_dir} (from {source}) does not exist; {_HINT}")
 
 
-def load_dataset(
-    name: str, data_dir: str | os.PathLike | None = None, *, download: bool = True
-) -> tuple[Dataset, Dataset]:
-    """Load ``(train, test)`` for one of :data:`DATASETS` (results are cached in-process)."""
+@dataclass(frozen=True)
+class DataSource:
+    """Where a dataset's images come from: the data folder and how it was chosen, and the files read."""
+
+    name: str
+    folder: Path | None  # the data folder used (None: torchvision's cache or a system package)
+    folder_from: str  # "--data-dir", "PQT_DATA_DIR", "the shared/data default" or "download cache"
+    files: tuple[Path, ...]  # resolved paths, in the order the loader reads them
+
+
+def locate_dataset(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = True) -> DataSource:
+    """Find the files of one of :data:`DATASETS` (downloading MNIST / Fashion-MNIST when allowed)."""
     key = name.strip().lower() if isinstance(name, str) else name
     if key not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     explicit = data_dir is not None and str(data_dir) != ""
     resolved = resolve_data_dir(data_dir)
     source = "--data-dir" if explicit else ENV_VAR
+    if resolved is None and key in ("mnist", "fashion-mnist", "cifar-10"):
+        source = "download cache"
+
+    def found(files: Iterable[Path]) -> DataSource:
+        return DataSource(key, resolved.resolve() if resolved is not None else None, source,
+                          tuple(Path(f).resolve() for f in files))
 
     if key in ("mnist", "fashion-mnist"):
         dirs = _idx_search_dirs(key, resolved)
@@ -422,10 +436,10 @@ def load_dataset(
                 f"dataset {key!r}: the IDX files ({stems}) were not all found in one folder{why}; "
                 f"looked in: {_fmt_dirs(dirs)}; {_HINT}"
             )
-        return _load_idx_dataset(key, _stat_key(files))
+        return found(files)
 
     if key == "cifar-10":
-        return _load_cifar(resolved)
+        return found(_locate_cifar(resolved))
 
     if resolved is None:
         resolved = find_shared_data_dir()
@@ -439,14 +453,14 @@ def load_dataset(
 
     if key == "perceval-quest":
         dirs = [resolved, resolved / "perceval-quest"]
-        found = [_find_file(dirs, "train.csv"), _find_file(dirs, "val.csv")]
-        missing = [n for n, p in zip(("train.csv", "val.csv"), found, strict=True) if p is None]
+        quest = [_find_file(dirs, "train.csv"), _find_file(dirs, "val.csv")]
+        missing = [n for n, p in zip(("train.csv", "val.csv"), quest, strict=True) if p is None]
         if missing:
             raise UserError(
                 f"dataset 'perceval-quest': {' and '.join(missing)} not found; looked in: "
                 f"{_fmt_dirs(dirs)}; {_HINT}"
             )
-        return _load_quest_dataset(_stat_key(p for p in found if p is not None))
+        return found(p for p in quest if p is not None)
 
     # partial-mnist: data_dir holds mnist/ and perceval-quest/ (flat layouts accepted too).
     idx_dirs = [resolved / "mnist", resolved, resolved / "MNIST" / "raw"]
@@ -461,7 +475,22 @@ def load_dataset(
         problems.append(f"val.csv not found in {_fmt_dirs(csv_dirs)}")
     if problems or img is None or lab is None or val is None:
         raise UserError(f"dataset 'partial-mnist': {'; '.join(problems)}; {_HINT}")
-    return _load_partial_dataset(_stat_key((img, lab, val)))
+    return found((img, lab, val))
+
+
+def load_dataset(
+    name: str, data_dir: str | os.PathLike | None = None, *, download: bool = True
+) -> tuple[Dataset, Dataset]:
+    """Load ``(train, test)`` for one of :data:`DATASETS` (results are cached in-process)."""
+    source = locate_dataset(name, data_dir, download=download)
+    files = _stat_key(source.files)
+    if source.name in ("mnist", "fashion-mnist"):
+        return _load_idx_dataset(source.name, files)
+    if source.name == "cifar-10":
+        return _load_cifar_folder(files)
+    if source.name == "perceval-quest":
+        return _load_quest_dataset(files)
+    return _load_partial_dataset(files)
 
 
 # --------------------------------------------------------------------------- predict inputs
