@@ -1,5 +1,5 @@
 """Datasets of 10 classes: MNIST, Fashion-MNIST, the Perceval Quest CSVs, the offline "partial MNIST"
-protocol (28x28 grayscale) and CIFAR-10 (32x32 colour), plus loaders for `pqt predict` inputs.
+protocol (28x28 grayscale) and CIFAR-10 (32x32 colour). (`pqt predict`'s image files: :mod:`pqt.data.images`.)
 
 Every image tensor is float32 (N, C, H, W) with pixels in [0, 1] (uint8 / 255, no normalisation);
 every label tensor is int64 (N,). Bad or missing input raises :class:`pqt.errors.UserError`.
@@ -22,6 +22,14 @@ import torch
 from pqt.errors import UserError
 
 DATASETS = ("mnist", "fashion-mnist", "perceval-quest", "partial-mnist", "cifar-10")
+_FASHION_CLASSES = ("T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                    "ankle boot")
+_CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def class_names(name: str) -> tuple[str, ...] | None:
+    """What labels 0-9 mean for a dataset (None for the digit datasets: the label is the digit)."""
+    return {"fashion-mnist": _FASHION_CLASSES, "cifar-10": _CIFAR_CLASSES}.get(name)
 _INPUT_SHAPES = {"cifar-10": (3, 32, 32)}  # the others: (1, 28, 28)
 
 
@@ -49,7 +57,6 @@ _IDX_DTYPES = {
     0x0D: np.dtype(">f4"),
     0x0E: np.dtype(">f8"),
 }
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 @dataclass
@@ -491,82 +498,6 @@ def load_dataset(
     if source.name == "perceval-quest":
         return _load_quest_dataset(files)
     return _load_partial_dataset(files)
-
-
-# --------------------------------------------------------------------------- predict inputs
-
-
-def _array_to_images(arr: np.ndarray, path: Path) -> torch.Tensor:
-    """(28,28) / (N,28,28) / (N,1,28,28) uint8 or [0,1] floats -> (N,1,28,28) float32."""
-    if arr.ndim == 2:
-        arr = arr[None]
-    elif arr.ndim == 4 and arr.shape[1] == 1:
-        arr = arr[:, 0]
-    if arr.ndim != 3 or arr.shape[1:] != (_SIDE, _SIDE) or arr.shape[0] == 0:
-        raise UserError(f"{path} holds shape {arr.shape}; expected (28, 28) or (N, 28, 28) images")
-    if arr.dtype == np.uint8:
-        return _images_from_uint8(arr)
-    if np.issubdtype(arr.dtype, np.integer):
-        if arr.min() < 0 or arr.max() > 255:
-            raise UserError(f"{path} holds integers outside 0-255; save uint8 pixels or floats in [0, 1]")
-        return _images_from_uint8(arr.astype(np.uint8))
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.all((arr >= 0) & (arr <= 1)):
-            raise UserError(
-                f"{path} holds floats outside [0, 1] (or NaN); divide 0-255 pixels by 255 before saving"
-            )
-        return _images_from_unit(arr)
-    raise UserError(f"{path} holds {arr.dtype} values; save uint8 pixels or floats in [0, 1]")
-
-
-def _load_picture(path: Path) -> torch.Tensor:
-    from PIL import Image, UnidentifiedImageError  # lazy: only `pqt predict` on pictures needs PIL
-
-    try:
-        with Image.open(path) as im:
-            gray = im.convert("L")
-            if gray.size != (_SIDE, _SIDE):
-                # The model expects the digit filling a 28x28 frame (as in MNIST); a plain resize is the
-                # least surprising default (no cropping or inversion guesses).
-                gray = gray.resize((_SIDE, _SIDE), Image.Resampling.LANCZOS)
-            arr = np.asarray(gray, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"cannot read image {path} ({e}); give a valid PNG/JPEG file") from None
-    return _images_from_uint8(arr)
-
-
-def load_images(path: str | os.PathLike) -> torch.Tensor:
-    """Load images for prediction -> (N, 1, 28, 28) float32 in [0, 1].
-
-    Accepts a picture (.png/.jpg/..., converted to grayscale and resized to 28x28), a .npy array of
-    shape (28, 28) or (N, 28, 28) (uint8 or floats in [0, 1]), an IDX images file (raw or .gz), or a
-    Perceval Quest CSV (labels ignored).
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"input file not found: {path}; give a .png/.jpg, .npy, IDX or quest .csv file")
-    suffix = path.suffix.lower()
-    name = path.name.lower()
-    if suffix in _IMAGE_SUFFIXES:
-        return _load_picture(path)
-    if suffix == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise UserError(f"cannot read {path} as a .npy array ({e}); save it with numpy.save") from None
-        return _array_to_images(np.asarray(arr), path)
-    if suffix == ".csv":
-        images, _ = read_quest_csv(path)
-        return _images_from_unit(images)
-    if "idx" in name or "ubyte" in name or suffix == ".gz":
-        arr = read_idx(path)
-        if arr.dtype != np.uint8:
-            raise UserError(f"{path} holds {arr.dtype} values; expected an IDX file of uint8 images")
-        return _array_to_images(arr, path)
-    raise UserError(
-        f"unsupported input {path}; give a .png/.jpg picture, a .npy array, an IDX images file "
-        "or a quest .csv"
-    )
 
 
 def training_splits(name: str, data_dir: str | os.PathLike | None, train_limit: int | None = None,
