@@ -157,14 +157,17 @@ def _cmd_figures(args: argparse.Namespace) -> int:
     from pqt.studies.figures import make_figures
 
     written = make_figures(args.results, args.out)
-    print(f"{len(written)} figure(s) in {args.out}")
+    where = f" in {written[0].parent}" if written else ""
+    print(f"{len(written)} figure(s){where}")
     return 0
 
 
 def add_figures_parser(sub: Any) -> None:
     """Register ``pqt figures`` on the CLI's subparsers object."""
-    p = sub.add_parser("figures", help="draw the paper-style figures (PNG) from the sweep result tables")
-    p.add_argument("--results", default="experiments/results", help="folder of the result tables "
-                                                                    "(default: experiments/results)")
-    p.add_argument("--out", default="experiments/figures", help="folder for the PNGs (default: experiments/figures)")
+    p = sub.add_parser("figures", help="draw the paper-style figures (PNG) from the sweep result tables",
+                       description="Draw the paper-style figures (PNG) from the result tables of pqt sweep. The "
+                                   "defaults are the checkout's experiments/ folders, found from anywhere inside it.")
+    p.add_argument("--results", metavar="DIR", help="folder of the result tables (default: experiments/results of "
+                                                    "the checkout)")
+    p.add_argument("--out", metavar="DIR", help="folder for the PNGs (default: experiments/figures of the checkout)")
     p.set_defaults(func=_cmd_figures)
