@@ -185,6 +185,18 @@ def test_bars_appear_on_a_terminal_that_reports_no_size() -> None:
     assert "round 1/2 | adam 1.000" in output
 
 
+def test_busy_machine_suggests_one_thread(monkeypatch) -> None:
+    from pqt.cli.train import busy_machine_note
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.5, 8.0, 7.0))
+    note = busy_machine_note(None)
+    assert note is not None and "load average 9.5 on 2 cores" in note and "--threads 1" in note
+    assert busy_machine_note(1) is None  # the user chose
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.3, 0.2, 0.1))
+    assert busy_machine_note(None) is None
+
+
 # --------------------------------------------------------------------------- SIGTERM
 
 
