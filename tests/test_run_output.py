@@ -93,6 +93,20 @@ def test_train_help_groups_flags_with_choices_and_one_default(capsys, monkeypatc
     assert len(text.split("\n\n", 1)[0].splitlines()) == 1, "the usage line lists every flag"
 
 
+@pytest.mark.parametrize("command", ["train", "plan", "params", "evaluate", "predict", "bench", "sweep", "baseline",
+                                     "figures"])
+def test_every_help_gives_one_default_per_option(command, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    options = text.split("\noptions:\n", 1)[1].split("\nexamples:\n")[0]
+    for entry in re.split(r"\n  (?=-)", options):
+        assert entry.count("(default:") <= 1, entry
+        assert "(default: None)" not in entry, entry
+        assert not re.search(r"--[a-z-]+ [A-Z]+_[A-Z_]*:", entry), entry  # internal dest names as metavars
+
+
 # --------------------------------------------------------------------------- round lines
 
 

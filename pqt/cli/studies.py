@@ -56,12 +56,12 @@ def add_sweep_parser(sub: Any) -> None:
     from pqt.studies.sweep import DEFAULT_OUT, DEFAULT_RESULTS
 
     p = sub.add_parser("sweep", help="run a study (grid of runs) from a TOML file and aggregate its tables")
-    p.add_argument("study", help="study TOML file (see experiments/README.md)")
-    p.add_argument("--jobs", type=int, default=1,
+    p.add_argument("study", metavar="STUDY.toml", help="study TOML file (see experiments/README.md)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="runs in parallel, each in its own process with cores/jobs torch threads (default: 1)")
-    p.add_argument("--out", help=f"root of the run directories (default: {DEFAULT_OUT})")
-    p.add_argument("--results", help=f"folder of the result tables (default: {DEFAULT_RESULTS}; with --set: "
-                                      "OUT/<name>/results)")
+    p.add_argument("--out", metavar="DIR", help=f"root of the run directories (default: {DEFAULT_OUT})")
+    p.add_argument("--results", metavar="DIR",
+                   help=f"folder of the result tables (default: {DEFAULT_RESULTS}; with --set: OUT/<name>/results)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a setting (TOML value); on a grid key it keeps only the given value(s); "
                         "repeatable. The protocol label records the overrides")
@@ -84,13 +84,14 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--lr", "lr", float, "Adam learning rate"),
     ("--batch-size", "batch_size", int, "batch size"),
     ("--seed", "seed", int, "random seed (initialisation, pruning mask, shuffling)"),
-    ("--share-k", "share_k", int, "weight-sharing: shared row vectors per layer"),
-    ("--keep-ratio", "keep_ratio", float, "pruning: fraction of each weight tensor kept, in (0, 1]"),
+    ("--share-k", "share_k", int, "weight-sharing: shared row vectors per layer (required with that method)"),
+    ("--keep-ratio", "keep_ratio", float, "pruning: fraction of each weight tensor kept, in (0, 1] (required with "
+                                          "that method)"),
     ("--activation", "activation", str, "target activation: none (paper), relu, tanh, gelu"),
     ("--dataset", "dataset", str, "mnist, fashion-mnist, perceval-quest or partial-mnist"),
     ("--data-dir", "data_dir", str, "folder holding the data (else PQT_DATA_DIR, else ../shared/data)"),
-    ("--train-limit", "train_limit", int, "use only the first N training images"),
-    ("--test-limit", "test_limit", int, "use only the first N test images"),
+    ("--train-limit", "train_limit", int, "use only the first N training images (default: all)"),
+    ("--test-limit", "test_limit", int, "use only the first N test images (default: all)"),
     ("--validation-size", "validation_size", int, "hold out the last N training images as a validation set"),
     ("--device", "device", str, "torch device (cpu, cuda)"),
     ("--threads", "threads", int, "torch threads (default: torch's choice)"),
@@ -141,14 +142,17 @@ def add_baseline_parser(sub: Any) -> None:
     p = sub.add_parser("baseline", help="train a classical baseline (paper Table 4): classical, weight-sharing, "
                                         "pruning")
     p.add_argument("--method", choices=METHODS, default=None, help="baseline method (default: classical)")
-    p.add_argument("--config", help="JSON or TOML file of baseline keys; flags override it")
+    p.add_argument("--config", metavar="FILE", help="JSON or TOML file of baseline keys; flags override it")
     for flag, key, typ, text in _FLAGS:
+        default = getattr(defaults, key)
+        # a setting without a default says in its own text what happens when it is not given
         p.add_argument(flag, dest=key, type=typ, default=argparse.SUPPRESS,
-                       help=f"{text} (default: {getattr(defaults, key)})")
-    p.add_argument("--share-layers", nargs="+", default=None,
+                       metavar="DIR" if key == "data_dir" else {int: "N", float: "X"}.get(typ, "NAME"),
+                       help=text if default is None else f"{text} (default: {default})")
+    p.add_argument("--share-layers", nargs="+", default=None, metavar="LAYER",
                    help="weight-sharing: layers to share (default: all weight layers: conv1 conv2 fc1 fc2)")
-    p.add_argument("--out", help="run directory (default: runs/baseline-<method>-<timestamp>); an existing "
-                                 "unfinished run there is resumed, a finished one skipped")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/baseline-<method>-<timestamp>); an "
+                                                "existing unfinished run there is resumed, a finished one skipped")
     p.add_argument("--count-only", action="store_true", help="print the exact trainable parameter count and stop")
     p.set_defaults(func=_cmd_baseline)
 
