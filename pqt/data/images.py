@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -229,8 +228,3 @@ def _prepare_picture(path: Path, invert: bool | None) -> PreparedImages:
     tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).reshape(1, *GRAY)
     return PreparedImages(str(path), tensor, [flip], notes)
 
-
-def describe(prepared: PreparedImages) -> dict[str, Any]:
-    """What was done to a file's images, for ``pqt predict --json``."""
-    return {"file": prepared.path, "images": len(prepared.images), "inverted": prepared.inverted,
-            "preparation": prepared.notes}
