@@ -8,7 +8,6 @@ Perceval), and ``evaluate`` / ``predict`` never import Perceval: a trained netwo
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
