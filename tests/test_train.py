@@ -248,6 +248,9 @@ def test_exact_gradient_round_changes_phases(runs, tiny_config, make_trainer, tm
         assert np.abs(a - b).max() > 1e-4
     assert metrics["shots"] == "exact" and metrics["shots_used"] == 0
     assert metrics["history"][0]["phase_objective_start"] is None
+    # nothing sampled, but both circuits were simulated at every Adam step (300 images / 128 = 3 steps) and
+    # once more for the round's network: that is what the run records
+    assert metrics["circuit_evaluations"] == metrics["history"][0]["circuit_evaluations_round"] == 2 * (3 + 1)
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
     ck = runs.load_checkpoint(tmp_path / "exact")
     for a, b in zip(ck["circuit_parameters"], after, strict=True):

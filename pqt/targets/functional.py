@@ -59,3 +59,10 @@ def loss_and_accuracy(forward: Callable[[torch.Tensor], torch.Tensor], images: t
         total_loss += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
     return total_loss / len(labels), correct / len(labels)
+
+
+def predicted_labels(forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                     device: torch.device | str = "cpu", chunk: int = 2000) -> torch.Tensor:
+    """The most probable class of every image (int64, on the CPU), in chunks."""
+    return torch.cat([forward(images[start : start + chunk].to(device)).argmax(1).cpu()
+                      for start in range(0, len(images), chunk)])

@@ -22,7 +22,6 @@ with the same result as an uninterrupted run.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +31,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import backends
 from backends.base import Backend
@@ -51,6 +49,7 @@ from pqt.training.phase_optimizers import (
     run_nlopt_cobyla,
     run_spsa,
 )
+from pqt.training.progress import RunProgress, format_round
 
 # Salts that keep the per-round random streams independent of one another.
 _SHUFFLE, _PHASE_BATCH, _SPSA = 1, 2, 3
@@ -94,13 +93,19 @@ def _check_finite(value: float, where: str, out_dir: Path, finished: int) -> Non
 
 
 class Trainer:
-    """Trains a :class:`Method` (Quantum-Train unless ``method`` is given) for ``config.rounds`` rounds."""
+    """Trains a :class:`Method` (Quantum-Train unless ``method`` is given) for ``config.rounds`` rounds.
+
+    ``log`` receives the detailed line of every round (``pqt train`` writes it to train.log);
+    ``progress`` draws the bars and the short console lines (default: stage bars only).
+    """
 
     def __init__(self, config: TrainConfig, out_dir: Path, log: Callable[[str], None] = print,
-                 method: Callable[[TrainConfig, tuple[int, ...], torch.device], Method] | None = None) -> None:
+                 method: Callable[[TrainConfig, tuple[int, ...], torch.device], Method] | None = None,
+                 progress: RunProgress | None = None) -> None:
         self.config = config.validate()
         self.out_dir = Path(out_dir)
         self.log = log
+        self.progress = progress or RunProgress(show_rounds=False)
         if config.threads:
             torch.set_num_threads(config.threads)
         self.device = _device(config.device)
@@ -197,7 +202,7 @@ class Trainer:
         """Circuits evaluated so far: by the backend, and simulated for joint training."""
         return self.backend.counters.evaluations + self.state.simulated_evaluations
 
-    def _adam_stage(self, r: int, progress: tqdm) -> float:
+    def _adam_stage(self, r: int, progress: Any) -> float:
         c, images, labels = self.config, self.train_set.images, self.train_set.labels
         joint_circuits = self.joint and self.config.uses_circuit
         per_step = self.method.fresh_distributions_per_step and not self.joint
@@ -275,8 +280,9 @@ class Trainer:
             return None  # the circuit parameters trained with the model in the Adam stage
         loss_on_batch = self.method.batch_objective(*batch)
         counter = iter(range(10**12))
-        bar = tqdm(total=c.cobyla_maxiter if c.phase_optimizer in COBYLA_OPTIMIZERS else 2 * c.spsa_iterations,
-                   desc=f"round {r + 1} {c.phase_optimizer}", leave=False, disable=None, file=sys.stderr)
+        bar = self.progress.stage(f"round {r + 1} {c.phase_optimizer}",
+                                  c.cobyla_maxiter if c.phase_optimizer in COBYLA_OPTIMIZERS
+                                  else 2 * c.spsa_iterations)
 
         def objective(theta: np.ndarray) -> float:
             tag = f"r{r}/{c.phase_optimizer}/{next(counter)}"
@@ -310,7 +316,7 @@ class Trainer:
         shots_before = self.backend.counters.shots_used
         evaluations_before = self.circuit_evaluations
         steps = c.adam_epochs * math.ceil(len(self.train_set) / c.batch_size)
-        with tqdm(total=steps, desc=f"round {r + 1} adam", leave=False, disable=None, file=sys.stderr) as bar:
+        with self.progress.stage(f"round {r + 1} adam", steps) as bar:
             adam_loss = self._adam_stage(r, bar)
         batch = None if self.joint else self._phase_batch(r)
         step = self._phase_stage(r, batch) if batch is not None else None
@@ -394,14 +400,17 @@ class Trainer:
         c = self.config
         status = "running"
         try:
+            self.progress.begin(self.state.round, c.rounds)
             for r in range(self.state.round, c.rounds):
                 entry = self.run_round(r)
                 self.log(format_round(entry, c.rounds))
+                self.progress.round_finished(entry, c.rounds)
             status = "finished"
         except (UserError, KeyboardInterrupt) as e:
             status = "interrupted" if isinstance(e, KeyboardInterrupt) else f"stopped: {e}"
             raise
         finally:
+            self.progress.close()
             if self.state.round:
                 run_files.write_json(self.out_dir / run_files.METRICS, self.metrics(status))
             self.backend.close()
@@ -416,20 +425,3 @@ def _device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: no CUDA GPU is available to torch here; use --device cpu")
     return device
-
-
-def format_round(e: dict[str, Any], rounds: int) -> str:
-    parts = [f"round {e['round']}/{rounds}", f"adam loss {e['adam_loss']:.4f}"]
-    if e["phase_objective_start"] is not None:
-        parts.append(f"phase obj {e['phase_objective_start']:.4f}->{e['phase_objective_end']:.4f} "
-                     f"({e['objective_evaluations']} evals)")
-    parts.append(f"train {e['train_loss']:.4f}/{100 * e['train_accuracy']:.2f}%")
-    if "validation_accuracy" in e:
-        parts.append(f"val {e['validation_loss']:.4f}/{100 * e['validation_accuracy']:.2f}%")
-    parts += [f"test {e['test_loss']:.4f}/{100 * e['test_accuracy']:.2f}%", f"shots {e['shots_used']:,}"]
-    if e["postselection_rate"] is not None and e["postselection_rate"] < 1:
-        parts.append(f"post-sel {100 * e['postselection_rate']:.1f}%")
-    if e["jobs_submitted"]:
-        parts.append(f"jobs {e['jobs_submitted']}")
-    parts.append(f"{e['seconds']:.1f}s")
-    return " | ".join(parts)
