@@ -250,3 +250,14 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path) -> None:
     checkpoint = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert checkpoint["round"] == metrics["rounds_completed"]
     assert "terminated (SIGTERM)" in (out / "train.log").read_text()
+
+
+def test_busy_machine_note_says_how_much_spinning_threads_cost(monkeypatch) -> None:
+    from pqt.cli.train import busy_machine_note
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.5, 8.0, 7.0))
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert "several times faster" in busy_machine_note(None)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert "several times" not in busy_machine_note(None)

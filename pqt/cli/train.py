@@ -208,9 +208,11 @@ def _train(args: argparse.Namespace) -> int:
 def busy_machine_note(threads: int | None) -> str | None:
     """A hint when torch would take every core of a machine other jobs already keep busy.
 
-    Measured here (2 cores, load average ~10): the two-round check took 190 s of training with torch's
-    default of one thread per core and 18 s with --threads 1; spinning threads that wait for one another
-    lose the most when the cores are shared.
+    Measured here (2 cores, load average ~8), training time of the two-round check: 15 s with --threads 1,
+    23 s with torch's default of one thread per core and OpenMP's passive wait policy (pqt's default),
+    101 s with spinning threads (OMP_WAIT_POLICY=ACTIVE, libgomp's default, 190 s in an earlier run).
+    The default stays one thread per core, which is faster on a quiet machine, and does not follow the
+    load: the thread count changes results, so the same command must not depend on what else runs.
     """
     import os
 
@@ -221,8 +223,10 @@ def busy_machine_note(threads: int | None) -> str | None:
         return None
     if threads is not None or cores < 2 or load < cores:
         return None
+    spinning = os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE"
     return (f"pqt: note: this machine is busy (load average {load:.1f} on {cores} cores); --threads 1 is often "
-            "several times faster than torch's default of one thread per core here")
+            + ("several times faster than torch's default of one thread per core here (OMP_WAIT_POLICY is not "
+               "PASSIVE)" if spinning else "faster than torch's default of one thread per core here"))
 
 
 def print_plan(plan: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 from pqt.training import run_files
 
 PACKAGES = ("pqt", "torch", "perceval-quandela", "numpy", "scipy")
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_WAIT_POLICY")
 
 
 @functools.lru_cache(maxsize=64)
