@@ -80,7 +80,8 @@ def test_train_help_groups_flags_with_choices_and_one_default(capsys, monkeypatc
                       "mapping model", "target network", "training (Adam)", "circuit-parameter optimiser",
                       "backend (where the circuits run)", "backend noisy (with --backend noisy)",
                       "backend remote (with --backend remote)", "run", "output", "examples"]
-    assert "--backend {slos,noisy,remote}" in text and "--phase-optimizer {cobyla,spsa,exact-gradient}" in text
+    assert "--backend {slos,noisy,remote}" in text
+    assert "--phase-optimizer {cobyla,nlopt-cobyla,spsa,exact-gradient}" in text
     # one help entry per option: its text up to the next option
     entries = re.split(r"\n  (?=--)", text.split("\ndata:\n", 1)[1].split("\nexamples:\n")[0])
     assert len(entries) > 50
