@@ -165,6 +165,8 @@ def test_sweep_writes_tables_then_skips_finished_runs(tmp_path: Path) -> None:
 
     metrics_files = [tmp_path / "runs" / "tiny" / r.name / run_files.METRICS for r in study.runs]
     mtimes = [f.stat().st_mtime_ns for f in metrics_files]
+    # each run records its provenance beside config.json, which the skip below must not take for a setting
+    assert all((f.parent / run_files.PROVENANCE).is_file() for f in metrics_files)
     plan = describe_plan(study, tmp_path / "runs")
     assert "0 new, 0 to resume, 2 finished" in plan[0] and all(line.endswith("finished") for line in plan[1:3])
     _, again = sweep(path, tmp_path)
@@ -360,6 +362,63 @@ def test_figures_from_result_files_and_skips(tmp_path: Path) -> None:
     assert all(p.stat().st_size > 1000 for p in written)
     skipped = [line for line in lines if line.startswith("skipped")]
     assert len(skipped) == 3 and all("table3_paper" in line and "not found" in line for line in skipped)
+
+
+def test_figures_say_protocol_seeds_and_counts_from_anywhere_in_the_checkout(tmp_path: Path, monkeypatch) -> None:
+    from pqt.cli.main import build_parser
+    from pqt.studies.figures import draw_figures
+
+    experiments = tmp_path / "checkout" / "experiments"
+    res = experiments / "results"
+    res.mkdir(parents=True)
+    write_study(experiments, "[grid]\nbond_dim = [1, 2]\nseed = [0, 1]\n", name="table3", protocol="synthetic",
+                base="[base]\nrounds = 3\nadam_epochs = 2\ncobyla_maxiter = 40\nshots = \"exact\"\n")
+    write_study(experiments, '[grid]\nphase_optimizer = ["cobyla", "spsa"]\nshots = ["exact", 10000]\n',
+                name="optimizers", protocol="synthetic", base="[base]\nrounds = 2\nadam_epochs = 1\n")
+    p = {"protocol": "synthetic"}
+    # chi = 1 has two seeds, chi = 2 one: the legend must say n per curve
+    _write(res / "table3_curves.csv", [{**p, "group": f"bond_dim={c}", "bond_dim": c, "seed": s, "status": "finished",
+                                        "round": r, "test_accuracy": 0.5 + 0.01 * r * c}
+                                       for c, seeds in ((1, (0, 1)), (2, (0,))) for s in seeds for r in (1, 2, 3)])
+    _write(res / "table3_summary.csv", [{**p, "bond_dim": c, "n": 2, "trainable_parameters_mean": 31 * c * c + 128,
+                                         "paper_count_parameters_mean": 31 * c * c + 192, "test_accuracy_mean": 0.8,
+                                         "test_accuracy_std": 0.01, "generalization_error_mean": 0.01,
+                                         "generalization_error_std": 0.0} for c in (1, 2)])
+    settings = (("cobyla", "0.2", "exact"), ("spsa", "0.02", "10000"), ("exact-gradient", "0.2", "exact"))
+    _write(res / "optimizers_curves.csv", [
+        {**p, "group": f"phase_optimizer={o},spsa_a={a},spsa_c=0.1,shots={shots}", "phase_optimizer": o, "spsa_a": a,
+         "spsa_c": "0.1", "shots": shots, "seed": 0, "status": "finished", "round": r, "test_accuracy": 0.1 * r,
+         "wall_seconds": 2.0 * r, "objective_evaluations": 0 if o == "exact-gradient" else 40 * r}
+        for o, a, shots in settings for r in (1, 2)])
+    inside = tmp_path / "checkout" / "pqt" / "deep"
+    inside.mkdir(parents=True)
+    monkeypatch.chdir(inside)
+    # no --results / --out (as `pqt figures`): the checkout's experiments/results and experiments/figures
+    args = build_parser().parse_args(["figures"])
+    assert (args.results, args.out) == (None, None)
+    drawn = draw_figures(args.results, args.out, log=lambda _: None)
+    assert {p.name for p in drawn.written} == {"fig3_curves_table3.png", "fig4_accuracy_table3.png",
+                                               "fig4_generalization_table3.png", "optimizers.png"}
+    assert all(p.parent == (experiments / "figures").resolve() for p in drawn.written)
+    texts = drawn.texts
+    curves = texts["fig3_curves_table3.png"]
+    title = " ".join(curves["titles"]).replace("\n", " ")
+    assert "3 rounds × (2 Adam epochs + 40 COBYLA evaluations), exact probabilities" in title
+    assert "synthetic" not in title and "1-2 seeds" in title
+    assert curves["legend"] == ["χ = 1 (n=2)", "χ = 2 (n=1)"]
+    accuracy = texts["fig4_accuracy_table3.png"]
+    assert "as the paper counts them" in accuracy["xlabels"][0]
+    assert "photonic QT, ours (2 bond dimensions, 2 seeds each)" in accuracy["legend"]
+    optimizers = texts["optimizers.png"]
+    assert sorted(optimizers["legend"]) == ["COBYLA, exact", "SPSA (a = 0.02, c = 0.1), 10,000 shots",
+                                            "exact gradient (joint Adam)"]
+    title = " ".join(optimizers["titles"]).replace("\n", " ")
+    assert "2 rounds × (1 Adam epoch + 1,000 phase-objective evaluations)" in title and "shots" not in title
+    # elsewhere than in a checkout, the defaults cannot be guessed: one line
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("pqt.studies.figures.find_experiments_dir", lambda start=None: None)
+    with pytest.raises(UserError, match="--results"):
+        draw_figures()
 
 
 def test_figure_groups_sort_numbers_as_numbers() -> None:

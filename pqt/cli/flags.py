@@ -68,34 +68,59 @@ def _default_text(f: dataclasses.Field, default: Any) -> str:
     return str(default)
 
 
+def _metavar(f: dataclasses.Field) -> str:
+    """What the flag takes: the field's own metavar, else N (whole number), X (number) or NAME."""
+    if f.metadata["metavar"]:
+        return f.metadata["metavar"]
+    return {int: "N", float: "X"}.get(field_kind(f), "NAME")
+
+
 def add_setting_flag(container: Any, f: dataclasses.Field, default: Any) -> None:
     """The flag of one dataclass setting (its metadata: help, choices or range, nargs), default SUPPRESSed:
     only flags given override a --config file."""
     meta = f.metadata
     flag = meta["flag"] or "--" + f.name.replace("_", "-")
-    kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                              "help": f"{meta['help']} (default: {_default_text(f, default)})"}
+    # a setting without a default (and no text for it) says in its own help what happens when it is not given
+    shown = "" if default is None and not meta.get("default_text") and f.name != "shots" else \
+        f" (default: {_default_text(f, default)})"
+    kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": f"{meta['help']}{shown}"}
     if meta["choices"]:
         kwargs["choices"] = meta["choices"]
     else:
         kwargs["type"] = _converter(f)
-        kwargs["metavar"] = meta["metavar"] or f.name.split("_")[-1].upper()
+        kwargs["metavar"] = _metavar(f)
     if meta["nargs"]:
         kwargs["nargs"] = meta["nargs"]
     container.add_argument(flag, **kwargs)
 
 
 def add_config_flags(p: argparse.ArgumentParser) -> None:
-    """Every TrainConfig setting as a flag, in its --help group, plus the backends' options."""
+    """Every TrainConfig setting as a flag, in its --help group, plus the backends' options.
+
+    Groups appear in :data:`GROUPS` order, each backend's own settings right after the backend group.
+    """
     defaults = TrainConfig()
     p.add_argument("--config", metavar="FILE", help="JSON or TOML file of config keys; flags override it")
-    groups = {key: p.add_argument_group(title) for key, title in GROUPS.items()}
+    groups = {}
+    for key, title in GROUPS.items():
+        groups[key] = p.add_argument_group(title)
+        if key == "backend":
+            _add_backend_flags(p)
     for f in dataclasses.fields(TrainConfig):
         if f.metadata.get("cli"):
             add_setting_flag(groups[f.metadata["group"]], f, getattr(defaults, f.name))
     groups["target"].add_argument("--no-fast-path", dest="fast_path", action="store_false", default=argparse.SUPPRESS,
                                   help="use the plain functional forward everywhere (for checks and timings)")
-    _add_backend_flags(p)
+
+
+def _option_metavar(opt: Any) -> str:
+    if "second" in opt.help:
+        return "SECONDS"
+    if opt.type is int:
+        return "N"
+    if opt.type is float:
+        return "X"
+    return opt.key.split("_")[-1].upper()
 
 
 def _add_backend_flags(p: argparse.ArgumentParser) -> None:
@@ -106,12 +131,13 @@ def _add_backend_flags(p: argparse.ArgumentParser) -> None:
         options = [o for o in backends.backend_class(name).options if not o.secret and o.name not in seen]
         if not options:
             continue
-        group = p.add_argument_group(f"backend {name}")
+        group = p.add_argument_group(f"backend {name} (with --backend {name})")
         for opt in options:
             seen.add(opt.name)
+            # An option whose default is None explains what "unset" means in its own help.
+            default = "" if opt.default is None else f" (default: {opt.default})"
             group.add_argument(f"--{opt.name}", dest=BACKEND_OPTION + opt.key, type=_option_converter(opt),
-                               metavar=opt.key.split("_")[-1].upper(), default=argparse.SUPPRESS,
-                               help=f"{opt.help} (default: {opt.default})")
+                               metavar=_option_metavar(opt), default=argparse.SUPPRESS, help=opt.help + default)
 
 
 def _option_converter(opt: Any) -> Any:

@@ -61,12 +61,12 @@ def add_sweep_parser(sub: Any) -> None:
     from pqt.studies.sweep import DEFAULT_OUT, DEFAULT_RESULTS
 
     p = sub.add_parser("sweep", help="run a study (grid of runs) from a TOML file and aggregate its tables")
-    p.add_argument("study", help="study TOML file (see experiments/README.md)")
+    p.add_argument("study", metavar="STUDY.toml", help="study TOML file (see experiments/README.md)")
     p.add_argument("--jobs", type=whole_number(1), default=1, metavar="N",
                    help="runs in parallel, each in its own process with cores/jobs torch threads (default: 1)")
-    p.add_argument("--out", help=f"root of the run directories (default: {DEFAULT_OUT})")
-    p.add_argument("--results", help=f"folder of the result tables (default: {DEFAULT_RESULTS}; with --set: "
-                                      "OUT/<name>/results)")
+    p.add_argument("--out", metavar="DIR", help=f"root of the run directories (default: {DEFAULT_OUT})")
+    p.add_argument("--results", metavar="DIR",
+                   help=f"folder of the result tables (default: {DEFAULT_RESULTS}; with --set: OUT/<name>/results)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a setting (TOML value); on a grid key it keeps only the given value(s); "
                         "repeatable. The protocol label records the overrides")
@@ -127,12 +127,12 @@ def add_baseline_parser(sub: Any) -> None:
     p = sub.add_parser("baseline", help="train a classical baseline (paper Table 4): classical, weight-sharing, "
                                         "pruning")
     p.add_argument("--method", choices=METHODS, default=None, help="baseline method (default: classical)")
-    p.add_argument("--config", help="JSON or TOML file of baseline keys; flags override it")
+    p.add_argument("--config", metavar="FILE", help="JSON or TOML file of baseline keys; flags override it")
     for f in dataclasses.fields(BaselineConfig):
         if f.metadata.get("cli"):
             add_setting_flag(p, f, getattr(defaults, f.name))
-    p.add_argument("--out", help="run directory (default: runs/baseline-<method>-<timestamp>); an existing "
-                                 "unfinished run there is resumed, a finished one skipped")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/baseline-<method>-<timestamp>); an "
+                                                "existing unfinished run there is resumed, a finished one skipped")
     p.add_argument("--count-only", action="store_true", help="print the exact trainable parameter count and stop")
     p.set_defaults(func=_cmd_baseline)
 
@@ -141,14 +141,17 @@ def _cmd_figures(args: argparse.Namespace) -> int:
     from pqt.studies.figures import make_figures
 
     written = make_figures(args.results, args.out)
-    print(f"{len(written)} figure(s) in {args.out}")
+    where = f" in {written[0].parent}" if written else ""
+    print(f"{len(written)} figure(s){where}")
     return 0
 
 
 def add_figures_parser(sub: Any) -> None:
     """Register ``pqt figures`` on the CLI's subparsers object."""
-    p = sub.add_parser("figures", help="draw the paper-style figures (PNG) from the sweep result tables")
-    p.add_argument("--results", default="experiments/results", help="folder of the result tables "
-                                                                    "(default: experiments/results)")
-    p.add_argument("--out", default="experiments/figures", help="folder for the PNGs (default: experiments/figures)")
+    p = sub.add_parser("figures", help="draw the paper-style figures (PNG) from the sweep result tables",
+                       description="Draw the paper-style figures (PNG) from the result tables of pqt sweep. The "
+                                   "defaults are the checkout's experiments/ folders, found from anywhere inside it.")
+    p.add_argument("--results", metavar="DIR", help="folder of the result tables (default: experiments/results of "
+                                                    "the checkout)")
+    p.add_argument("--out", metavar="DIR", help="folder for the PNGs (default: experiments/figures of the checkout)")
     p.set_defaults(func=_cmd_figures)

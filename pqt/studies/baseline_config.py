@@ -26,14 +26,14 @@ class BaselineConfig:
     lr: float = setting(1e-3, "Adam learning rate", group="baseline", low=0, low_open=True, metavar="LR")
     batch_size: int = setting(128, "batch size", group="baseline", low=1)
     seed: int = setting(0, "random seed (initialisation, pruning mask, shuffling)", group="baseline", low=0)
-    share_k: int | None = setting(None, "weight-sharing: shared row vectors per layer", group="baseline", low=1,
-                                  metavar="K")
+    share_k: int | None = setting(None, "weight-sharing: shared row vectors per layer (required with that method)",
+                                  group="baseline", low=1, metavar="K", label="shared row vectors per layer")
     share_layers: tuple[str, ...] | None = setting(
         None, "weight-sharing: layers to share", group="baseline", nargs="+", metavar="LAYER",
         default_text="all weight layers: conv1 conv2 fc1 fc2")
-    keep_ratio: float | None = setting(None, "pruning: fraction of each weight tensor kept, in (0, 1]",
-                                       group="baseline", low=0, high=1, low_open=True, metavar="R",
-                                       label="the kept fraction")
+    keep_ratio: float | None = setting(None, "pruning: fraction of each weight tensor kept, in (0, 1] (required "
+                                       "with that method)", group="baseline", low=0, high=1, low_open=True,
+                                       metavar="X", label="the kept fraction")
     target: str = setting("paper-cnn", "target network: paper-cnn, cifar-cnn, mlp, or module:callable",
                           group="baseline", metavar="NAME")
     activation: str = setting("none", "target activation: none (paper), relu, tanh, gelu", group="baseline",

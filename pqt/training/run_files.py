@@ -1,6 +1,7 @@
 """Files of a run directory, written atomically so an interrupted run never leaves half a file.
 
     config.json      the configuration as run
+    provenance.json  what produced it: data files (SHA-256), code version and commit, packages, threads
     checkpoint.pt    everything needed to resume after the last finished round
     model.pt         the generated network's state_dict (plain torch, no quantum software)
     metrics.json     the contract read by tools (see README), rewritten after every round and at every stop
@@ -33,9 +34,10 @@ CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
 METRICS = "metrics.json"
 LOG = "train.log"
+PROVENANCE = "provenance.json"
 HEARTBEAT = ".heartbeat"
 LOCK = ".run.lock"  # flock-ed by the process training the run (its pid inside, for people to read)
-_ATOMIC = (CONFIG, CHECKPOINT, MODEL, METRICS)  # the files written through a temporary file
+_ATOMIC = (CONFIG, CHECKPOINT, MODEL, METRICS, PROVENANCE)  # the files written through a temporary file
 
 Writer = Callable[[IO[bytes]], Any]
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -41,17 +40,26 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import backends
 from backends.base import Backend
 from pqt.data import Dataset, training_splits
 from pqt.errors import UserError
+from pqt.interrupts import Terminated
 from pqt.targets import loss_and_accuracy
+from pqt.threads import thread_settings
 from pqt.training import run_files
 from pqt.training.config import RESUME_CHANGEABLE, TrainConfig, setting_differences
 from pqt.training.method import Method, Network
-from pqt.training.phase_optimizers import PhaseStep, run_cobyla, run_spsa
+from pqt.training.phase_optimizers import (
+    COBYLA_OPTIMIZERS,
+    PhaseStep,
+    import_nlopt,
+    run_cobyla,
+    run_nlopt_cobyla,
+    run_spsa,
+)
+from pqt.training.progress import RunProgress, format_round
 
 # Salts that keep the per-round random streams independent of one another.
 _SHUFFLE, _PHASE_BATCH, _SPSA = 1, 2, 3
@@ -137,13 +145,19 @@ def _check_finite(value: float, where: str, out_dir: Path, finished: int) -> Non
 
 
 class Trainer:
-    """Trains a :class:`Method` (Quantum-Train unless ``method`` is given) for ``config.rounds`` rounds."""
+    """Trains a :class:`Method` (Quantum-Train unless ``method`` is given) for ``config.rounds`` rounds.
+
+    ``log`` receives the detailed line of every round (``pqt train`` writes it to train.log);
+    ``progress`` draws the bars and the short console lines (default: stage bars only).
+    """
 
     def __init__(self, config: TrainConfig, out_dir: Path, log: Callable[[str], None] = print,
-                 method: Callable[[TrainConfig, tuple[int, ...], torch.device], Method] | None = None) -> None:
+                 method: Callable[[TrainConfig, tuple[int, ...], torch.device], Method] | None = None,
+                 progress: RunProgress | None = None) -> None:
         self.config = config.validate()
         self.out_dir = Path(out_dir)
         self.log = log
+        self.progress = progress or RunProgress(show_rounds=False)
         # The attempt starts now: loading data and connecting to a backend are part of its time.
         self._attempt_started, self._attempt_clock = time.time(), time.monotonic()
         self._heartbeat = _Heartbeat(self.out_dir / run_files.HEARTBEAT)
@@ -156,6 +170,8 @@ class Trainer:
         self.backend: Backend = backends.create_backend(
             config.backend, shots=config.shots, seed=config.seed, max_shots=config.max_shots,
             run_dir=self.out_dir, options=config.backend_options)
+        if config.phase_optimizer == "nlopt-cobyla":
+            import_nlopt()  # an optional dependency: refuse before any work if it is missing
         self.joint = config.phase_optimizer == "exact-gradient"
         if self.joint and not self.backend.supports_exact_gradient:
             raise UserError(
@@ -261,7 +277,7 @@ class Trainer:
         """Circuits evaluated so far: by the backend, and simulated for joint training."""
         return self.backend.counters.evaluations + self.state.simulated_evaluations
 
-    def _adam_stage(self, r: int, progress: tqdm) -> float:
+    def _adam_stage(self, r: int, progress: Any) -> float:
         c, images, labels = self.config, self.train_set.images, self.train_set.labels
         joint_circuits = self.joint and self.config.uses_circuit
         per_step = self.method.fresh_distributions_per_step and not self.joint
@@ -339,8 +355,9 @@ class Trainer:
             return None  # the circuit parameters trained with the model in the Adam stage
         loss_on_batch = self.method.batch_objective(*batch)
         counter = iter(range(10**12))
-        bar = tqdm(total=c.cobyla_maxiter if c.phase_optimizer == "cobyla" else 2 * c.spsa_iterations,
-                   desc=f"round {r + 1} {c.phase_optimizer}", leave=False, disable=None, file=sys.stderr)
+        bar = self.progress.stage(f"round {r + 1} {c.phase_optimizer}",
+                                  c.cobyla_maxiter if c.phase_optimizer in COBYLA_OPTIMIZERS
+                                  else 2 * c.spsa_iterations)
 
         def objective(theta: np.ndarray) -> float:
             tag = f"r{r}/{c.phase_optimizer}/{next(counter)}"
@@ -353,6 +370,8 @@ class Trainer:
             x0 = np.concatenate(self.state.parameters)
             if c.phase_optimizer == "cobyla":
                 step = run_cobyla(objective, x0, c)
+            elif c.phase_optimizer == "nlopt-cobyla":
+                step = run_nlopt_cobyla(objective, x0, c)
             else:
                 step = run_spsa(objective, x0, c, _stream(c.seed, r, _SPSA))
         finally:
@@ -372,7 +391,7 @@ class Trainer:
         shots_before = self.backend.counters.shots_used
         evaluations_before = self.circuit_evaluations
         steps = c.adam_epochs * math.ceil(len(self.train_set) / c.batch_size)
-        with tqdm(total=steps, desc=f"round {r + 1} adam", leave=False, disable=None, file=sys.stderr) as bar:
+        with self.progress.stage(f"round {r + 1} adam", steps) as bar:
             adam_loss = self._adam_stage(r, bar)
         batch = None if self.joint else self._phase_batch(r)
         step = self._phase_stage(r, batch) if batch is not None else None
@@ -455,6 +474,8 @@ class Trainer:
             "backend_settings": self.backend.describe(),
             "phase_optimizer": c.phase_optimizer, "dataset": c.dataset,
             "fast_path": getattr(self.method, "fast_path", False),
+            "channels_last": getattr(self.method, "channels_last", False),
+            "threads": thread_settings(),
             "train_size": len(self.train_set), "test_size": len(self.test_set),
             "rounds_completed": s.round, "rounds_planned": c.rounds, "seed": c.seed,
             "wall_seconds": sum(a["seconds"] for a in s.attempts) if s.attempts else s.wall_seconds,
@@ -509,6 +530,7 @@ class Trainer:
         that cannot be written (the disk is full) keeps its previous version, which describes the last
         checkpoint; at the end of a finished run, that is an error.
         """
+        self.progress.close()
         outcome = status if status in ("finished", "interrupted") else "stopped"
         try:
             notes = list(self.backend.close(outcome))
@@ -535,11 +557,14 @@ class Trainer:
         c = self.config
         self.begin_attempt()
         try:
+            self.progress.begin(self.state.round, c.rounds)
             for r in range(self.state.round, c.rounds):
                 entry = self.run_round(r)
                 self.log(format_round(entry, c.rounds))
-        except KeyboardInterrupt:
-            self.end_attempt("interrupted", "interrupted (Ctrl-C)")
+                self.progress.round_finished(entry, c.rounds)
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (pqt.interrupts.Terminated)
+            self.end_attempt("interrupted", "terminated (SIGTERM)" if isinstance(e, Terminated) else
+                             "interrupted (Ctrl-C)")
             raise
         except UserError as e:
             reason = str(e)
@@ -577,22 +602,3 @@ def _device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: no CUDA GPU is available to torch here; use --device cpu")
     return device
-
-
-def format_round(e: dict[str, Any], rounds: int) -> str:
-    parts = [f"round {e['round']}/{rounds}", f"adam loss {e['adam_loss']:.4f}"]
-    if e["phase_objective_start"] is not None:
-        parts.append(f"phase obj {e['phase_objective_start']:.4f}->{e['phase_objective_end']:.4f} "
-                     f"({e['objective_evaluations']} evals)")
-    parts.append(f"train {e['train_loss']:.4f}/{100 * e['train_accuracy']:.2f}%")
-    if "validation_accuracy" in e:
-        parts.append(f"val {e['validation_loss']:.4f}/{100 * e['validation_accuracy']:.2f}%")
-    parts += [f"test {e['test_loss']:.4f}/{100 * e['test_accuracy']:.2f}%", f"shots {e['shots_used']:,}"]
-    if e["postselection_rate"] is not None and e["postselection_rate"] < 1:
-        parts.append(f"post-sel {100 * e['postselection_rate']:.1f}%")
-    if e["jobs_submitted"]:
-        parts.append(f"jobs {e['jobs_submitted']}")
-    if e.get("jobs_uncertain"):
-        parts.append(f"uncertain {e['jobs_uncertain']}")
-    parts.append(f"{e['seconds']:.1f}s")
-    return " | ".join(parts)

@@ -84,7 +84,7 @@ def config_class(kind: str) -> Any:
 
         return TrainConfig
     if kind == "baseline":
-        from pqt.studies.baselines import BaselineConfig
+        from pqt.studies.baseline_config import BaselineConfig  # the settings only: no torch
 
         return BaselineConfig
     raise UserError(f"unknown study kind {kind!r}: choose one of {', '.join(KINDS)}")
