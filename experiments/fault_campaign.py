@@ -74,6 +74,7 @@ def run_until_done(cmd: list[str], resume: list[str], environ: dict[str, str], r
                    watch: Path) -> dict[str, Any]:
     """Start, SIGKILL up to ``kills`` times at random moments, resume after each kill or stop, until done."""
     killed = stopped = 0
+    killed_when: list[str] = []  # the run's status when each kill struck (a kill can land after the last round)
     errors: list[str] = []
     argv = cmd
     for _ in range(kills + 8):
@@ -90,11 +91,13 @@ def run_until_done(cmd: list[str], resume: list[str], environ: dict[str, str], r
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 killed += 1
+                m = metrics(watch)
+                killed_when.append(f"{m.get('status', 'not started')} after round {m.get('rounds_completed', 0)}")
                 argv = resume
                 continue
         _, err = proc.communicate(timeout=900)
         if proc.returncode == 0:
-            return {"kills": killed, "stops": stopped, "errors": errors}
+            return {"kills": killed, "killed_when": killed_when, "stops": stopped, "errors": errors}
         lines = err.strip().splitlines()
         errors.append(lines[-1] if lines else f"exit {proc.returncode}")
         if proc.returncode != 2 or len(lines) != 1 or not lines[0].startswith("pqt: error: "):
@@ -137,6 +140,7 @@ def remote_run(index: int, out: Path, rng: random.Random, kills: int) -> dict[st
         time.sleep(0.5)
         statuses = cloud.statuses()
         applied = sum(cloud.faults_applied.values())
+        faults = Counter(k.split(":")[0] for k in cloud.faults_applied.elements())
         created = cloud.jobs_created
     records = journal(run)
     events = Counter(r["event"] for r in records)
@@ -153,6 +157,7 @@ def remote_run(index: int, out: Path, rng: random.Random, kills: int) -> dict[st
         "token in no file": not leak,
     }
     return {"run": run.name, "error_rate": error_rate, "faults_injected": applied, "kills": outcome["kills"],
+            "killed_when": outcome["killed_when"], "faults_by_kind": dict(faults),
             "stops_resumed": outcome["stops"], "stop_messages": outcome["errors"], "server_jobs": created,
             "server_still_running": statuses["waiting"] + statuses["running"], "journal_submitted": known,
             "journal_uncertain": uncertain, "metrics_jobs_submitted": m["jobs_submitted"],
@@ -165,7 +170,7 @@ def remote_run(index: int, out: Path, rng: random.Random, kills: int) -> dict[st
 
 
 def local_kills(out: Path, rng: random.Random, runs: int) -> list[dict[str, Any]]:
-    flags = [*TINY, "--cobyla-maxiter", "20", "--shots", "1000", "--rounds", "4"]
+    flags = [*TINY, "--cobyla-maxiter", "20", "--shots", "1000", "--rounds", "8"]
     reference = out / "local-reference"
     subprocess.run([*CLI, "train", *flags, "--out", str(reference)], cwd=REPO, env=env(), check=True,
                    stdout=subprocess.DEVNULL)
@@ -183,7 +188,8 @@ def local_kills(out: Path, rng: random.Random, runs: int) -> list[dict[str, Any]
 
         same_model = (run / "model.pt").read_bytes() == (reference / "model.pt").read_bytes()
         m = metrics(run)
-        results.append({"run": run.name, "kills": outcome["kills"], "attempts": [a["status"] for a in m["attempts"]],
+        results.append({"run": run.name, "kills": outcome["kills"], "killed_when": outcome["killed_when"],
+                        "attempts": [a["status"] for a in m["attempts"]],
                         "model.pt identical to the uninterrupted run's": same_model,
                         "metrics identical bar timing": bare(m) == bare(metrics(reference)),
                         "wall_seconds": round(m["wall_seconds"], 1),
@@ -305,6 +311,7 @@ def main() -> int:
         "kill -9 of remote runs": sum(r["kills"] for r in remote),
         "backend stops resumed": sum(r["stops_resumed"] for r in remote),
         "kill -9 of local runs": sum(r["kills"] for r in report["local"]),
+        "faults by kind": dict(sum((Counter(r["faults_by_kind"]) for r in remote), Counter())),
         "kill -9 of sweeps": 1,
         "server jobs": sum(r["server_jobs"] for r in remote),
         "journaled (acknowledged)": sum(r["journal_submitted"] for r in remote),

@@ -32,6 +32,12 @@ REPO = Path(__file__).resolve().parent.parent
 EXACT = ["--shots", "exact"]  # the fastest tiny runs, where shots do not matter
 
 
+@pytest.fixture(autouse=True)
+def _quiet_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pqt train's note on a busy machine (a second stderr line) is not what these tests look at."""
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+
+
 def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     capsys.readouterr()
     rc = main(list(argv))
