@@ -459,8 +459,11 @@ def test_stale_temp_files_are_removed_when_a_run_starts(tiny_config, make_traine
     run = tmp_path / "run"
     run.mkdir()
     (run / ".checkpoint.pt.old.tmp").write_bytes(b"\0" * 1000)
-    make_trainer(tiny_config(rounds=1, shots=None), run).run()
+    trainer = make_trainer(tiny_config(rounds=1, shots=None), run)
+    trainer.begin_attempt()
     assert not list(run.glob(".*.tmp"))
+    trainer.end_attempt("interrupted", "a test")
+    assert run_files.read_metrics(run)["status"] == "interrupted"
 
 
 # --------------------------------------------------------------------------- a full or read-only disk (item 10)

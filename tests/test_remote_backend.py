@@ -527,7 +527,7 @@ def test_a_finished_run_cancels_the_jobs_it_never_used(cloud, tmp_path):
     assert {cloud.job_status(j) for j in held} <= {"waiting", "running"}
     # A resume that replays other requests (say, a changed --adam-lr) finishes without them: they are cancelled.
     second = make(cloud, tmp_path)
-    second.evaluate([Q1, Q2], [P1 + 0.5, P2], tag="r7/cobyla/0")
+    second.evaluate([Q1, Q2], [P1 + 0.5, P2 + 0.5], tag="r7/cobyla/0")
     assert second.close("finished") == []
     assert {cloud.job_status(j) for j in held} == {"canceled"}
     assert second.accounting()["jobs_abandoned"] == 2
