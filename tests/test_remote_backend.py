@@ -418,7 +418,8 @@ def test_fake_cloud_command_line(tmp_path):
         line = proc.stdout.readline()
         url = line.split(" on ", 1)[1].split()[0]
         assert url.startswith("http://127.0.0.1:")
-        r = requests.get(f"{url}/api/platform/sim%3Aslos", headers={"Authorization": "Bearer cli-token"}, timeout=5)
+        # generous: the server's first answer imports Perceval, which takes seconds on a loaded machine
+        r = requests.get(f"{url}/api/platform/sim%3Aslos", headers={"Authorization": "Bearer cli-token"}, timeout=60)
         assert r.status_code == 200
     finally:
         proc.terminate()
