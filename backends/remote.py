@@ -231,7 +231,7 @@ class RemoteBackend(Backend):
     )
 
     def __init__(self, shots: int | None, seed: int = 0, max_shots: int | None = None,
-                 run_dir: Path | None = None, **options: Any) -> None:
+                 run_dir: Path | None = None, journal_name: str = JOURNAL_NAME, **options: Any) -> None:
         super().__init__(shots, seed=seed, max_shots=max_shots, run_dir=run_dir, **options)
         s = self.settings
         self.platform = str(s["platform"] or "").strip()
@@ -265,7 +265,8 @@ class RemoteBackend(Backend):
         self._create_rpc.request_timeout = LATE_REPLY_FACTOR * self.request_timeout
         self._strays: list[_CreateCall] = []  # creations the loop stopped waiting for, or left behind
         self._samplers: dict[tuple[int, int, tuple[int, ...]], Any] = {}
-        self.journal = JobJournal(None if run_dir is None else Path(run_dir) / JOURNAL_NAME)
+        # (a distributed run gives each cloud processor its own journal: jobs-<processor>.jsonl)
+        self.journal = JobJournal(None if run_dir is None else Path(run_dir) / journal_name)
         self._sync_counters()
         self._check_platform()
 

@@ -58,8 +58,7 @@ def parameter_report(generator: QuantumTrainGenerator, target: nn.Module) -> dic
 
 def spent_so_far(run_dir: Path, config: TrainConfig) -> dict[str, Any]:
     """What a run has spent: rounds done and shots used (its checkpoint), jobs and worst-case shots (its journal)."""
-    import backends
-    from backends.journal import JOURNAL_NAME, JobJournal
+    from backends.journal import JobJournal
     from pqt.training import run_files
 
     run_dir = Path(run_dir)
@@ -69,17 +68,41 @@ def spent_so_far(run_dir: Path, config: TrainConfig) -> dict[str, Any]:
     except Exception as e:  # damaged: name it (the resume itself would refuse it too)
         raise UserError(f"cannot read {run_dir / run_files.CHECKPOINT} ({type(e).__name__}); the run directory is "
                         "damaged: start a new run with --out DIR") from None
-    cloud = backends.backend_class(config.backend).remote
-    account = JobJournal(run_dir / JOURNAL_NAME).account if cloud else None
+    cloud = _remote_share(config) > 0
+    accounts = [JobJournal(run_dir / name).account for name in _journal_names(config)] if cloud else []
     return {
         "run_dir": str(run_dir), "rounds_completed": rounds, "shots_used": shots_used, "cloud": cloud,
-        "jobs_submitted": account.jobs_submitted if account else 0,
-        "jobs_uncertain": account.jobs_uncertain if account else 0,
-        "jobs_abandoned": account.jobs_abandoned if account else 0,
-        "jobs_not_cancelled": account.not_cancelled() if account else [],
+        "jobs_submitted": sum(a.jobs_submitted for a in accounts),
+        "jobs_uncertain": sum(a.jobs_uncertain for a in accounts),
+        "jobs_abandoned": sum(a.jobs_abandoned for a in accounts),
+        "jobs_not_cancelled": [j for a in accounts for j in a.not_cancelled()],
         # a killed round's jobs are in the journal, not in the checkpoint: the larger is the true charge
-        "shots_charged": max(shots_used, account.shots_charged if account else 0),
+        "shots_charged": max(shots_used, sum(a.shots_charged for a in accounts)),
     }
+
+
+def _remote_share(config: TrainConfig) -> float:
+    """The fraction of a run's circuit evaluations sent to the cloud (one job each)."""
+    import backends
+
+    if config.circuit_backends:
+        from backends.distributed import parse_spec
+
+        names = [parse_spec(spec)[0] for spec in config.circuit_backends]
+        return sum(backends.backend_class(n).remote for n in names) / len(names)
+    return 1.0 if backends.backend_class(config.backend).remote else 0.0
+
+
+def _journal_names(config: TrainConfig) -> list[str]:
+    """The job journals of a run: jobs.jsonl, or one per cloud processor of a distributed run."""
+    from backends.journal import JOURNAL_NAME
+
+    if not config.circuit_backends:
+        return [JOURNAL_NAME]
+    from backends.distributed import parse_spec, processor_label
+
+    specs = dict.fromkeys(s.strip() for s in config.circuit_backends)
+    return [f"jobs-{processor_label(s)}.jsonl" for s in specs if parse_spec(s)[0] == "remote"]
 
 
 def plan_run(config: TrainConfig, done_rounds: int = 0) -> dict[str, Any]:
@@ -87,7 +110,6 @@ def plan_run(config: TrainConfig, done_rounds: int = 0) -> dict[str, Any]:
 
     ``done_rounds``: rounds already finished (a resume): the totals are then what finishing needs.
     """
-    import backends
 
     n_circuits = len(config.qnn_modes) if config.generator == "photonic" else 1
     if config.phase_optimizer in ("cobyla", "nlopt-cobyla"):
@@ -99,9 +121,12 @@ def plan_run(config: TrainConfig, done_rounds: int = 0) -> dict[str, Any]:
     simulated = config.phase_optimizer == "exact-gradient"
     per_round = 0 if simulated else n_circuits * (objective_calls + 1)  # + the end-of-round evaluation
     first = 0 if simulated else n_circuits  # round 1's Adam stage needs one evaluation first
-    backend_cls = backends.backend_class(config.backend)
     per_call_shots = 0 if config.shots is None else config.shots
-    jobs = (lambda n: n) if backend_cls.remote else (lambda n: 0)
+    remote_share = _remote_share(config)  # the fraction of circuit evaluations that are cloud jobs
+
+    def jobs(n: int) -> int:
+        return round(n * remote_share)
+
     remaining = max(config.rounds - done_rounds, 0)
     # round 1's Adam stage evaluates the circuits first; a resumed run has that round's distributions
     total_evals = (first if done_rounds == 0 else 0) + per_round * remaining

@@ -158,6 +158,10 @@ class TrainConfig:
     max_shots: int | None = setting(None, "total shot budget; the run stops cleanly before exceeding it",
                                     group="backend", low=1, metavar="N", default_text="no limit")
     backend_options: dict[str, Any] = setting({}, "backend settings", group="backend", cli=False)
+    circuit_backends: tuple[str, ...] | None = setting(
+        None, "distributed QNNs: one backend per circuit, in order, each slos, noisy, remote, remote:PLATFORM or "
+        "remote:PLATFORM@URL (e.g. remote:qpu:belenos remote:sim:ascella); replaces --backend",
+        group="backend", nargs="+", metavar="SPEC", default_text="every circuit on --backend")
     # ---- run
     device: str = setting("cpu", "torch device of the mapper and target (cpu, cuda, cuda:1, ...)", group="run")
     threads: int | None = setting(None, "torch threads", group="run", low=1, default_text="torch's choice")
@@ -179,7 +183,22 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         for f in dataclasses.fields(self):
             check_setting(f, getattr(self, f.name))
-        check_backend_options(self.backend, self.backend_options)
+        if self.circuit_backends:
+            from backends.distributed import parse_spec
+
+            names = {parse_spec(spec)[0] for spec in self.circuit_backends}
+            if self.backend != "slos":
+                raise UserError("give either --backend (every circuit) or --circuit-backends (one per circuit), "
+                                "not both")
+            circuits = len(self.qnn_modes) if self.generator == "photonic" else 1
+            if len(self.circuit_backends) != circuits:
+                raise UserError(f"--circuit-backends gives {len(self.circuit_backends)} backend(s) for the "
+                                f"{circuits} circuit(s) of the {self.generator} generator: give one per circuit")
+            if self.generator == "qubit" and names != {"slos"}:
+                raise UserError("a gate-based QNN runs on the local simulator only: --circuit-backends slos")
+            check_backend_options(sorted(names), self.backend_options)
+        else:
+            check_backend_options(self.backend, self.backend_options)
         if self.generator == "photonic":
             if len(self.qnn_modes) != len(self.qnn_photons) or not self.qnn_modes:
                 raise UserError("give one photon number per photonic QNN (--modes 9 8 --photons 4 4)")
@@ -315,11 +334,13 @@ def check_setting(f: dataclasses.Field, value: Any) -> None:
         check_value(f.name, meta, value, kind)
 
 
-def check_backend_options(backend: str, options: dict[str, Any]) -> None:
-    """Each backend option must be one the chosen backend takes, of its type and in its range."""
+def check_backend_options(backend: str | list[str], options: dict[str, Any]) -> None:
+    """Each backend option must be one the chosen backend(s) take, of its type and in its range."""
     import backends
 
-    known = {o.key: o for o in backends.backend_class(backend).options if not o.secret}
+    names = [backend] if isinstance(backend, str) else backend
+    known = {o.key: o for name in names for o in backends.backend_class(name).options if not o.secret}
+    backend = " / ".join(names)
     others = sorted(set(options) - set(known))
     if others:
         names = ", ".join("--" + k.replace("_", "-") for k in others)

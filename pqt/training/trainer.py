@@ -167,9 +167,16 @@ class Trainer:
         self.device = _device(config.device)
         self.train_set, self.validation_set, self.test_set = training_splits(
             config.dataset, config.data_dir, config.train_limit, config.test_limit, config.validation_size)
-        self.backend: Backend = backends.create_backend(
-            config.backend, shots=config.shots, seed=config.seed, max_shots=config.max_shots,
-            run_dir=self.out_dir, options=config.backend_options)
+        if config.circuit_backends:
+            from backends.distributed import DistributedBackend
+
+            self.backend: Backend = DistributedBackend(
+                config.circuit_backends, shots=config.shots, seed=config.seed, max_shots=config.max_shots,
+                run_dir=self.out_dir, options=config.backend_options)
+        else:
+            self.backend = backends.create_backend(
+                config.backend, shots=config.shots, seed=config.seed, max_shots=config.max_shots,
+                run_dir=self.out_dir, options=config.backend_options)
         if config.phase_optimizer == "nlopt-cobyla":
             import_nlopt()  # an optional dependency: refuse before any work if it is missing
         self.joint = config.phase_optimizer == "exact-gradient"
@@ -486,6 +493,8 @@ class Trainer:
             "jobs_abandoned": accounting["jobs_abandoned"], "jobs_not_cancelled": accounting["jobs_not_cancelled"],
             "postselection_rate": self.backend.postselection_rate,
             "circuit_evaluations": self.circuit_evaluations,
+            # distributed QNNs: shots, post-selection, jobs and retries of each processor
+            **({"processors": self.backend.processor_report()} if hasattr(self.backend, "processor_report") else {}),
             "resumes": s.resumes,
             "history": s.history,
         }
