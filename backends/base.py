@@ -20,6 +20,7 @@ import numpy as np
 from pqt.errors import UserError
 
 if TYPE_CHECKING:
+    from pqt.circuits.base import Circuit
     from pqt.circuits.photonic import PhotonicQNN
 
 
@@ -41,6 +42,7 @@ class Option:
     default: Any
     help: str
     secret: bool = False  # never a flag, never recorded (tokens come from the environment)
+    choices: tuple[str, ...] | None = None  # the allowed values, when there is a fixed list
 
     @property
     def key(self) -> str:
@@ -101,8 +103,28 @@ class Backend(abc.ABC):
 
     @property
     def supports_exact_gradient(self) -> bool:
-        """Whether phases may be trained by backpropagating through an exact ideal simulation."""
-        return self.exact and self.ideal
+        """Whether phases may be trained by backpropagating through :meth:`torch_distribution`."""
+        return self.exact_gradient_obstacle is None
+
+    @property
+    def exact_gradient_obstacle(self) -> str | None:
+        """Why this backend cannot give differentiable exact distributions (None when it can)."""
+        if not self.exact:
+            return "shots are sampled (use --shots exact)"
+        if not self.ideal:
+            return f"backend {self.name!r} has no differentiable simulation"
+        return None
+
+    def torch_distribution(self, circuit: Circuit, parameters: Any) -> Any:
+        """The exact distribution this backend gives ``circuit``, differentiable in ``parameters``.
+
+        For joint training (``exact-gradient``): ``parameters`` is a float64 torch tensor. The ideal
+        simulation here; a backend with a differentiable noise model overrides it.
+        """
+        obstacle = self.exact_gradient_obstacle
+        if obstacle is not None:
+            raise UserError(f"backend {self.name!r} cannot give differentiable distributions: {obstacle}")
+        return circuit.torch_distribution(parameters)
 
     def reseed(self, *key: int) -> None:
         """Restart the sampling stream from (seed, *key): a resumed round replays the same shots."""

@@ -242,11 +242,16 @@ class PhotonicQNN(Circuit):
     # ---- distributions -------------------------------------------------------------------------
     def collision_free_probabilities(self, columns: Any, xp: Any = np) -> Any:
         """Unnormalised |Perm(U[S, inputs])|^2 for every pattern S, from the M x N columns."""
-        gather, subsets, signs = self._ryser_tables if xp is np else self._torch_ryser(columns.device)
+        gather = self._ryser_tables[0] if xp is np else self._torch_ryser(columns.device)[0]
         n = self.photons
         sub = columns.reshape(-1)[gather].reshape(-1, n, n)  # (K, N, N): U[S_k[i], input j]
-        perm = ((sub @ subsets).prod(1) * signs).sum(-1)
+        perm = self.permanents(sub, xp)
         return perm.real**2 + perm.imag**2
+
+    def permanents(self, matrices: Any, xp: Any = np) -> Any:
+        """Permanents of a stack of N x N complex matrices (K, N, N) by Ryser's formula, numpy or torch."""
+        _, subsets, signs = self._ryser_tables if xp is np else self._torch_ryser(matrices.device)
+        return ((matrices @ subsets).prod(1) * signs).sum(-1)
 
     def _torch_ryser(self, device: Any) -> tuple[Any, Any, Any]:
         import torch
@@ -277,15 +282,19 @@ class PhotonicQNN(Circuit):
         return np.array([dist.get(pcvl.BasicState(list(o)), 0.0) for o in self.outcomes])
 
     # ---- torch (differentiable) ----------------------------------------------------------------
+    def torch_input_columns(self, phases: Any) -> Any:
+        """:meth:`input_columns` from a float64 torch tensor of phases, differentiable (complex128)."""
+        import torch
+
+        start = torch.eye(self.modes, dtype=torch.complex128, device=phases.device)[:, list(self.input_modes)]
+        return self._propagate(phases, start, torch)
+
     def torch_distribution(self, phases: Any) -> Any:
         """Differentiable exact distribution: ``phases`` a float64 torch tensor (grad allowed)."""
         import torch
 
-        start = torch.eye(self.modes, dtype=torch.complex128, device=phases.device)[:, list(self.input_modes)]
-        columns = self._propagate(phases, start, torch)
-        probs = self.collision_free_probabilities(columns, xp=torch)
+        probs = self.collision_free_probabilities(self.torch_input_columns(phases), xp=torch)
         return probs / probs.sum()
-
 
 
 

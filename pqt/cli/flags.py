@@ -91,9 +91,9 @@ def _add_backend_flags(p: argparse.ArgumentParser) -> None:
         group = p.add_argument_group(f"backend {name}")
         for opt in options:
             seen.add(opt.name)
+            kind = {"choices": opt.choices} if opt.choices else {"metavar": opt.key.split("_")[-1].upper()}
             group.add_argument(f"--{opt.name}", dest=BACKEND_OPTION + opt.key, type=opt.type,
-                               metavar=opt.key.split("_")[-1].upper(), default=argparse.SUPPRESS,
-                               help=f"{opt.help} (default: {opt.default})")
+                               default=argparse.SUPPRESS, help=f"{opt.help} (default: {opt.default})", **kind)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
