@@ -313,7 +313,9 @@ class NoisyBackend(Backend):
         noisy = _wrap_phases(phases[ps_order])
         if error:
             rng = self._phase_noise_rng()
-            draws = np.array([rng.uniform(-1, 1) for _ in range(2 * len(ps_order))])
+            # random.uniform(-1, 1) is -1 + 2 * random(): the same arithmetic, done once on the array.
+            draw = rng.random
+            draws = -1.0 + 2.0 * np.array([draw() for _ in range(2 * len(ps_order))])
             noisy = noisy + error * draws[1::2]
         if step:
             noisy = step * np.round(noisy / step)
@@ -364,6 +366,8 @@ def _phase_shifter_order(qnn: PhotonicQNN) -> np.ndarray:
 
 def _wrap_phases(v: np.ndarray) -> np.ndarray:
     """Perceval's ``Parameter._check_value`` on [0, 2 pi], periodic, elementwise and with the same arithmetic."""
+    if v.min() >= 0.0 and v.max() <= _TWO_PI:
+        return v  # the common case, nothing to wrap
     above = v - (np.floor((v - _TWO_PI) / _TWO_PI) + 1.0) * _TWO_PI
     below = v + (np.floor((0.0 - v) / _TWO_PI) + 1.0) * _TWO_PI
     return np.where(v > _TWO_PI, above, np.where(v < 0.0, below, v))

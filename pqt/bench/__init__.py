@@ -18,6 +18,7 @@ from typing import Any
 SECTIONS = {
     "photonic-qt": "pqt.bench.photonic_qt",
     "qubit": "pqt.bench.qubit",
+    "noisy": "pqt.bench.noisy",
 }
 
 
