@@ -192,10 +192,8 @@ class NoisyBackend(Backend):
     # ---- differentiable distributions (joint training) ---------------------------------------------
     @property
     def exact_gradient_obstacle(self) -> str | None:
-        if not self.exact:
-            return "shots are sampled (use --shots exact)"
-        if self.ideal:
-            return None
+        if not self.exact or self.ideal:
+            return super().exact_gradient_obstacle  # shots refused; the ideal simulation as the slos backend's
         if self.phase_noise:
             return ("phase noise has no useful gradient (--phase-error draws a new circuit at every evaluation, "
                     "--phase-imprecision rounds the phases); set both to 0")

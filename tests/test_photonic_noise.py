@@ -269,3 +269,22 @@ def test_joint_training_with_phase_noise_is_refused(tiny_config, make_trainer, t
     with pytest.raises(UserError, match="exact-gradient needs exact.*phase noise") as info:
         make_trainer(config, tmp_path / "x")
     assert "\n" not in str(info.value)
+
+
+def test_bench_section_times_every_knob_on_both_paths(monkeypatch, capsys) -> None:
+    import pqt.bench as bench
+    import pqt.bench.noisy as section
+
+    assert bench.SECTIONS["noisy"] == "pqt.bench.noisy"
+    # The cheap knobs only (Perceval's path takes seconds with g2); the real section has them all.
+    monkeypatch.setattr(section, "KNOBS", {"indistinguishability 0.9": {"indistinguishability": 0.9},
+                                           "phase error 0.01": {"phase_error": 0.01}})
+    r = section.run(1)
+    assert set(r["knobs"]) == {"indistinguishability 0.9", "phase error 0.01"}
+    for row in r["knobs"].values():
+        assert row["max_abs_diff"] < 1e-10 and row["fast_ms"] > 0 and row["perceval_ms"] > 0
+        assert row["ratio_to_ideal"] == pytest.approx(row["fast_ms"] / r["ideal_ms"])
+    assert r["worst_ratio_to_ideal"] == max(row["ratio_to_ideal"] for row in r["knobs"].values())
+    section.table(r)
+    out = capsys.readouterr().out
+    assert "phase error 0.01" in out and "MerLin:" in out

@@ -105,9 +105,9 @@ class Trainer:
         self.joint = config.phase_optimizer == "exact-gradient"
         if self.joint and not self.backend.supports_exact_gradient:
             raise UserError(
-                "--phase-optimizer exact-gradient needs exact probabilities from a differentiable simulation: "
-                f"backend {config.backend!r}, shots {config.shots or 'exact'}: {self.backend.exact_gradient_obstacle}; "
-                "use --backend slos or noisy with --shots exact, or the cobyla or spsa phase optimizer")
+                "--phase-optimizer exact-gradient needs exact probabilities from a differentiable simulation, which "
+                f"backend {config.backend!r} with shots {config.shots or 'exact'} cannot give: "
+                f"{self.backend.exact_gradient_obstacle}; or use --phase-optimizer cobyla or spsa")
         if method is None:
             from pqt.training.quantum_train import QuantumTrainMethod
 
