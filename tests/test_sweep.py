@@ -343,3 +343,18 @@ bond_dim = [1]
     metrics = run_files.read_json(tmp_path / "runs" / "tiny" / good / run_files.METRICS)
     assert metrics["status"] == "finished" and metrics["shots"] == 100
     assert [r["status"] for r in read_csv(tmp_path / "results" / "tiny.csv")] == ["finished", "failed"]
+
+
+def test_noise_figure_lines_take_one_knob_at_a_time() -> None:
+    from pqt.studies.figures import noise_lines
+
+    ind, tr, g2 = "backend_options.indistinguishability", "backend_options.transmittance", "backend_options.g2"
+    rows = [{ind: "1.0", tr: "1.0", g2: "0.0"}, {ind: "0.8", tr: "1.0", g2: "0.0"}, {ind: "1.0", tr: "0.5", g2: "0.0"},
+            {ind: "1.0", tr: "1.0", g2: "0.05"}, {ind: "0.9", tr: "0.8", g2: "0.01"},
+            {ind: "0.6", tr: "1.0"}]  # a table written before g2 was a column: g2 at its ideal value
+    lines, together = noise_lines(rows)
+    assert [r[ind] for r in lines[ind]] == ["0.6", "0.8", "1.0"]
+    assert [r[tr] for r in lines[tr]] == ["0.5", "1.0"]
+    assert [r[g2] for r in lines[g2]] == ["0.0", "0.05"]
+    assert lines["backend_options.phase_error"] == [rows[0]]  # only the ideal point
+    assert together == [rows[4]]

@@ -14,8 +14,8 @@ file is missing, when they are not there:
 - ``ablation_paper_curves.png``: test accuracy vs round per distribution source under the paper's
   full protocol (``ablation_paper_curves.csv``);
 - ``shots.png``: test accuracy vs shots per circuit evaluation, exact as a line (``shots_summary.csv``);
-- ``noise.png``: test accuracy and post-selection rate vs indistinguishability and transmittance
-  (``noise_summary.csv``);
+- ``noise.png``: test accuracy and post-selection rate vs each noise knob with the others ideal, and the
+  knobs set together as dashed lines (``noise_summary.csv``);
 - ``optimizers.png``: test accuracy vs cumulative wall time and vs objective evaluations per phase
   optimizer (``optimizers_curves.csv``).
 
@@ -43,6 +43,12 @@ PAPER_CLASSICAL = (6690, 96.89)
 PAPER_PRUNING = (3370, 94.44)
 PAPER_WEIGHT_SHARING = (4770, 88.67)
 QT_STUDIES = ("table3", "table3_paper")
+# The noise study's knobs: (column of noise_summary.csv, ideal value, axis label).
+NOISE_KNOBS = (("backend_options.indistinguishability", 1.0, "indistinguishability"),
+               ("backend_options.transmittance", 1.0, "transmittance"),
+               ("backend_options.g2", 0.0, "g2"),
+               ("backend_options.phase_error", 0.0, "phase error (rad)"),
+               ("backend_options.phase_imprecision", 0.0, "phase imprecision (rad)"))
 
 
 def _read(path: Path) -> list[dict[str, str]]:
@@ -82,6 +88,23 @@ def _natural_key(text: str) -> list[tuple[int, float, str]]:
     return [(0, float(part), "") if part.isdigit() else (1, 0.0, part) for part in re.split(r"(\d+)", text)]
 
 
+def _knob(row: dict[str, str], key: str, ideal: float) -> float:
+    text = row.get(key, "")
+    return ideal if text == "" else _num(text)  # a knob a table does not have is at its ideal value
+
+
+def _noisy_knobs(row: dict[str, str]) -> list[str]:
+    return [key for key, ideal, _ in NOISE_KNOBS if _knob(row, key, ideal) != ideal]
+
+
+def noise_lines(rows: list[dict[str, str]]) -> tuple[dict[str, list[dict[str, str]]], list[dict[str, str]]]:
+    """The noise study's rows per knob (that knob alone noisy, or none: the ideal point), sorted by its value,
+    and the rows with several knobs noisy at once."""
+    lines = {key: sorted((r for r in rows if set(_noisy_knobs(r)) <= {key}), key=lambda r: _knob(r, key, ideal))
+             for key, ideal, _ in NOISE_KNOBS}
+    return lines, [r for r in rows if len(_noisy_knobs(r)) > 1]
+
+
 class _Figures:
     def __init__(self, results: Path, out: Path, log: Callable[[str], None]) -> None:
         import matplotlib
@@ -104,10 +127,10 @@ class _Figures:
             return None
         return tables
 
-    def save(self, fig: Any, name: str) -> None:
+    def save(self, fig: Any, name: str, rect: tuple[float, float, float, float] | None = None) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / name
-        fig.tight_layout()
+        fig.tight_layout(rect=rect)  # rect leaves room for a figure-level legend
         fig.savefig(path, dpi=150)
         self.plt.close(fig)
         self.written.append(path)
@@ -278,27 +301,38 @@ class _Figures:
         if tables is None:
             return
         rows = tables[0]
-        ind_key, tr_key = "backend_options.indistinguishability", "backend_options.transmittance"
-        fig, axes = self.plt.subplots(2, 2, figsize=(9, 6.5), sharey="row")
-        for col, (key, other, label) in enumerate(((ind_key, tr_key, "indistinguishability"),
-                                                   (tr_key, ind_key, "transmittance"))):
-            line = sorted((r for r in rows if _num(r.get(other, "1")) in (1.0,) or r.get(other, "") == ""),
-                          key=lambda r: _num(r.get(key)))
-            line = [r for r in line if not math.isnan(_num(r.get(key)))]
-            for row_i, (metric, scale, ylabel) in enumerate((("test_accuracy", 100, "test accuracy (%)"),
-                                                             ("postselection_rate", 100, "post-selection rate (%)"))):
+        knobs = [k for k in NOISE_KNOBS if k[0] in rows[0]]
+        lines, together = noise_lines(rows)
+        metrics = (("test_accuracy", "test accuracy (%)"), ("postselection_rate", "post-selection rate (%)"))
+        fig, axes = self.plt.subplots(2, len(knobs), figsize=(3.3 * len(knobs), 6.5), sharey="row", squeeze=False)
+        for col, (key, ideal, label) in enumerate(knobs):
+            line = lines[key]
+            for row_i, (metric, ylabel) in enumerate(metrics):
                 ax = axes[row_i][col]
                 if line and f"{metric}_mean" in line[0]:
-                    ax.errorbar([_num(r[key]) for r in line], [scale * _num(r[f"{metric}_mean"]) for r in line],
-                                yerr=[scale * (_num(r[f"{metric}_std"]) if r[f"{metric}_std"] else 0) for r in line],
-                                fmt="o-", capsize=3)
+                    ax.errorbar([_knob(r, key, ideal) for r in line], [100 * _num(r[f"{metric}_mean"]) for r in line],
+                                yerr=[100 * (_num(r[f"{metric}_std"]) if r[f"{metric}_std"] else 0) for r in line],
+                                fmt="o-", capsize=3, label="this knob alone")
                 else:
                     ax.text(0.5, 0.5, f"no {metric} data", ha="center", transform=ax.transAxes)
-                ax.set_xlabel(f"{label} (other knob at 1)")
-                ax.set_ylabel(ylabel)
+                for r in together:
+                    mean = 100 * _num(r.get(f"{metric}_mean"))
+                    if not math.isnan(mean):
+                        settings = ", ".join(f"{lab} {_knob(r, k, i):g}" for k, i, lab in knobs if k in _noisy_knobs(r))
+                        ax.axhline(mean, color="C3", ls="--", lw=1, label=f"together: {settings} (+- std band)")
+                        std = 100 * (_num(r.get(f"{metric}_std")) or 0.0)
+                        if not math.isnan(std):
+                            ax.axhspan(mean - std, mean + std, color="C3", alpha=0.08)
+                ax.set_xlabel(f"{label} (others ideal)")
+                if col == 0:
+                    ax.set_ylabel(ylabel)
+                ax.tick_params(labelleft=True)
                 ax.grid(alpha=0.3)
-        fig.suptitle(_wrap(f"Noisy backend ({self.protocol(rows)})"), fontsize=9)
-        self.save(fig, "noise.png")
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        if handles:
+            fig.legend(handles, labels, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+        fig.suptitle(_wrap(f"Noisy backend, mean +- std over seeds ({self.protocol(rows)})", 120), fontsize=9)
+        self.save(fig, "noise.png", rect=(0, 0.05, 1, 1))
 
     def optimizers(self) -> None:
         tables = self.need("optimizers.png", "optimizers_curves.csv")
