@@ -308,6 +308,10 @@ def test_figures_from_result_files_and_skips(tmp_path: Path) -> None:
          "status": status, "round": r, "test_accuracy": 0.5 + 0.1 * r}
         for d, status, last in (("photonic", "finished", 3), ("constant", "interrupted", 2))
         for r in range(1, last + 1)])
+    # The noisy full-protocol run; its figure also needs table3_paper's curves, missing here.
+    _write(res / "noise_paper_curves.csv", [
+        {**p, "group": "backend_options.g2=0.01", "seed": 0, "status": "running", "round": r, "test_accuracy": 0.8,
+         "train_accuracy": 0.85} for r in (1, 2)])
     lines: list[str] = []
     written = make_figures(res, tmp_path / "figs", log=lines.append)
     assert sorted(p.name for p in written) == sorted([
@@ -315,7 +319,12 @@ def test_figures_from_result_files_and_skips(tmp_path: Path) -> None:
         "ablation_paper_curves.png", "shots.png", "noise.png", "optimizers.png"])
     assert all(p.stat().st_size > 1000 for p in written)
     skipped = [line for line in lines if line.startswith("skipped")]
-    assert len(skipped) == 3 and all("table3_paper" in line and "not found" in line for line in skipped)
+    assert len(skipped) == 4 and all("table3_paper" in line and "not found" in line for line in skipped)
+    # With the ideal curves there, the noisy run is drawn against them.
+    _write(res / "table3_paper_curves.csv", [
+        {**p, "group": f"bond_dim={c}", "bond_dim": c, "seed": 0, "status": "finished", "round": r,
+         "test_accuracy": 0.9, "train_accuracy": 0.95} for c in (4, 10) for r in (1, 2, 3)])
+    assert "noise_paper_curves.png" in [p.name for p in make_figures(res, tmp_path / "figs", log=lines.append)]
 
 
 def test_figure_groups_sort_numbers_as_numbers() -> None:

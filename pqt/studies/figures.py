@@ -16,6 +16,8 @@ file is missing, when they are not there:
 - ``shots.png``: test accuracy vs shots per circuit evaluation, exact as a line (``shots_summary.csv``);
 - ``noise.png``: test accuracy and post-selection rate vs each noise knob with the others ideal, and the
   knobs set together as dashed lines (``noise_summary.csv``);
+- ``noise_paper_curves.png``: test and train accuracy vs round of the noisy full-protocol run against
+  the ideal run with the same seed (``noise_paper_curves.csv``, ``table3_paper_curves.csv``);
 - ``optimizers.png``: test accuracy vs cumulative wall time and vs objective evaluations per phase
   optimizer (``optimizers_curves.csv``).
 
@@ -334,6 +336,38 @@ class _Figures:
         fig.suptitle(_wrap(f"Noisy backend, mean +- std over seeds ({self.protocol(rows)})", 120), fontsize=9)
         self.save(fig, "noise.png", rect=(0, 0.05, 1, 1))
 
+    def noise_paper(self) -> None:
+        """The noisy full-protocol run(s) against the ideal run of the same settings (table3_paper, chi = 4)."""
+        figure = "noise_paper_curves.png"
+        tables = self.need(figure, "noise_paper_curves.csv", "table3_paper_curves.csv")
+        if tables is None:
+            return
+        noisy = [r for r in tables[0] if r.get("round")]
+        seeds = {r["seed"] for r in noisy}
+        ideal = [r for r in tables[1] if r.get("round") and r.get("bond_dim") == "4" and r["seed"] in seeds]
+        noise = noisy[0]["group"].replace("backend_options.", "").replace(",", ", ")
+        fig, axes = self.plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+        for ax, metric in zip(axes, ("test_accuracy", "train_accuracy"), strict=True):
+            for label, rows, style in ((f"ideal (table3_paper, χ=4, seed {', '.join(sorted(seeds))})", ideal, "-"),
+                                       (f"noisy: {noise}", noisy, "-")):
+                if not rows:
+                    continue
+                by_round: dict[int, list[float]] = defaultdict(list)
+                for r in rows:
+                    by_round[int(_num(r["round"]))].append(100 * _num(r[metric]))
+                rounds = sorted(by_round)
+                unfinished = any(r.get("status") != "finished" for r in rows)
+                suffix = f" (unfinished, {rounds[-1]} rounds)" if unfinished else ""
+                ax.plot(rounds, [_mean_std(by_round[k])[0] for k in rounds], style, lw=1.2,
+                        label=textwrap.fill(label + suffix, 60))
+            ax.set_xlabel("round")
+            ax.set_ylabel(metric.replace("_", " ") + " (%)")
+            ax.tick_params(labelleft=True)
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7, loc="lower right")
+        fig.suptitle(_wrap(f"Noisy hardware at the paper's training length ({self.protocol(noisy)})"), fontsize=9)
+        self.save(fig, figure)
+
     def optimizers(self) -> None:
         tables = self.need("optimizers.png", "optimizers_curves.csv")
         if tables is None:
@@ -381,5 +415,6 @@ def make_figures(results: str | Path = "experiments/results", out: str | Path = 
     figs.curves("ablation_paper", "ablation_paper_curves.png")
     figs.shots()
     figs.noise()
+    figs.noise_paper()
     figs.optimizers()
     return figs.written
