@@ -95,9 +95,9 @@ def test_each_knob_equals_perceval_small(knob: str, modes: int, photons: int) ->
         assert_same(*both_paths(qnn, qnn.random_parameters(rng), KNOBS[knob]))
 
 
-@pytest.mark.parametrize("modes,photons", [(4, 2), (5, 3), (6, 3)])
-def test_all_knobs_together_equal_perceval_small(modes: int, photons: int) -> None:
-    qnn = PhotonicQNN(modes, photons)
+@pytest.mark.parametrize("modes,photons,inputs", [(4, 2, None), (5, 3, None), (6, 3, None), (5, 3, (1, 2, 3))])
+def test_all_knobs_together_equal_perceval_small(modes: int, photons: int, inputs: tuple[int, ...] | None) -> None:
+    qnn = PhotonicQNN(modes, photons, input_modes=inputs)
     rng = np.random.default_rng(100 + modes)
     noise = {**ALL, "g2": 0.1, "transmittance": 0.6, "indistinguishability": 0.7}  # larger: every term matters
     for _ in range(2):
