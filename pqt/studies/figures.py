@@ -321,7 +321,7 @@ class _Figures:
                     mean = 100 * _num(r.get(f"{metric}_mean"))
                     if not math.isnan(mean):
                         settings = ", ".join(f"{lab} {_knob(r, k, i):g}" for k, i, lab in knobs if k in _noisy_knobs(r))
-                        ax.axhline(mean, color="C3", ls="--", lw=1, label=f"together: {settings} (+- std band)")
+                        ax.axhline(mean, color="C3", ls="--", lw=1, label=f"together: {settings} (± std band)")
                         std = 100 * (_num(r.get(f"{metric}_std")) or 0.0)
                         if not math.isnan(std):
                             ax.axhspan(mean - std, mean + std, color="C3", alpha=0.08)
@@ -333,7 +333,7 @@ class _Figures:
         handles, labels = axes[0][0].get_legend_handles_labels()
         if handles:
             fig.legend(handles, labels, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
-        fig.suptitle(_wrap(f"Noisy backend, mean +- std over seeds ({self.protocol(rows)})", 120), fontsize=9)
+        fig.suptitle(_wrap(f"Noisy backend, mean ± std over seeds ({self.protocol(rows)})", 120), fontsize=9)
         self.save(fig, "noise.png", rect=(0, 0.05, 1, 1))
 
     def noise_paper(self) -> None:
