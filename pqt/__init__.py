@@ -12,11 +12,19 @@ must run without Perceval, and ``pqt --help`` without torch.
 
 import importlib
 import os
+import sys
 from typing import Any
 
 # numpy's BLAS threads only compete with torch for the cores (the phase optimizers also limit them
 # with threadpoolctl, which works even when numpy was imported first).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# OpenMP threads that wait for work sleep instead of spinning. Spinning (libgomp's default) makes torch's
+# 2 threads 5-27x slower than 1 whenever another process wants a core (pqt bench --only threads: Adam
+# step 2,787 ms spinning vs 102 ms passive on a loaded 2-core machine; passive 2 threads is as fast as
+# 1 thread there and faster under extra load). Read when the OpenMP runtime starts: it only takes
+# effect if pqt is imported before torch (the pqt command always is); set OMP_WAIT_POLICY to override.
+_TORCH_FIRST = "torch" in sys.modules
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pqt.errors import UserError  # noqa: E402
 

@@ -8,7 +8,6 @@ without a run directory is taken to be the paper CNN unless ``target`` says othe
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,26 +58,60 @@ def load_model(path: str | Path, activation: str | None = None, target: str | No
     return model.eval()
 
 
+def _run_dataset(model_path: str | Path) -> str:
+    return run_config(model_file_of(model_path)).get("dataset") or "partial-mnist"
+
+
 @torch.inference_mode()
 def evaluate_model(model_path: str | Path, dataset: str | None, data_dir: str | None, split: str = "test",
-                   activation: str | None = None, target: str | None = None) -> dict[str, Any]:
-    """Accuracy and loss on a dataset split; the dataset defaults to the one the run was trained on."""
-    from pqt.data import load_dataset
-    from pqt.targets import loss_and_accuracy
+                   activation: str | None = None, target: str | None = None,
+                   confusion: bool = False) -> dict[str, Any]:
+    """Accuracy and loss on a dataset split; the dataset defaults to the one the run was trained on.
+
+    ``confusion`` adds the confusion matrix: ``confusion[true][predicted]`` image counts.
+    """
+    from pqt.data import class_names, load_dataset
+    from pqt.targets import loss_and_accuracy, predicted_labels
 
     model = load_model(model_path, activation, target)
-    dataset = dataset or run_config(model_file_of(model_path)).get("dataset") or "partial-mnist"
+    dataset = dataset or _run_dataset(model_path)
     train, test = load_dataset(dataset, data_dir)
     data = test if split == "test" else train
     loss, accuracy = loss_and_accuracy(model, data.images, data.labels)
-    return {"dataset": dataset, "split": split, "images": len(data), "accuracy": accuracy, "loss": loss}
+    result: dict[str, Any] = {"dataset": dataset, "split": split, "images": len(data), "accuracy": accuracy,
+                              "loss": loss}
+    if confusion:
+        predicted = predicted_labels(model, data.images)
+        n = max(10, int(max(data.labels.max().item(), predicted.max().item())) + 1)  # every dataset has 10
+        matrix = torch.zeros(n, n, dtype=torch.int64)
+        matrix.index_put_((data.labels, predicted), torch.ones_like(predicted), accumulate=True)
+        result["classes"] = list(class_names(dataset) or [str(k) for k in range(n)])[:n]
+        result["confusion"] = matrix.tolist()
+    return result
 
 
 @torch.inference_mode()
 def predict_files(model_path: str | Path, images: list[str], activation: str | None = None,
-                  target: str | None = None) -> Iterator[tuple[str, list[int]]]:
-    from pqt.data import load_images
+                  target: str | None = None, invert: bool | None = None, top: int = 3) -> list[dict[str, Any]]:
+    """The ``top`` most probable classes of every image in ``images`` (files), and how each file was prepared.
+
+    Images are read at the shape of the dataset the run was trained on (1x28x28 or 3x32x32) and, for
+    grayscale networks, brought to the training data's polarity and framing (:func:`pqt.data.prepare_images`).
+    """
+    from pqt.data import class_names, input_shape_of, prepare_images
 
     model = load_model(model_path, activation, target)
+    dataset = _run_dataset(model_path)
+    names = class_names(dataset)
+    results = []
     for path in images:
-        yield path, model(load_images(path)).argmax(1).tolist()
+        prepared = prepare_images(path, input_shape_of(dataset), invert)
+        probabilities = torch.softmax(model(prepared.images).double(), dim=1)
+        best = probabilities.topk(min(top, probabilities.shape[1]), dim=1)
+        predictions = []
+        for i in range(len(prepared.images)):
+            ranked = [{"label": int(label), **({"name": names[int(label)]} if names else {}), "probability": float(p)}
+                      for p, label in zip(best.values[i], best.indices[i], strict=True)]
+            predictions.append({"index": i, "inverted": prepared.inverted[i], "top": ranked})
+        results.append({"file": str(path), "preparation": prepared.notes, "predictions": predictions})
+    return results

@@ -239,6 +239,46 @@ def test_tiny_run_files(runs, cli_run_dir) -> None:
     assert "round 1/1" in (cli_run_dir / "train.log").read_text()
 
 
+def test_run_records_its_provenance(cli_run_dir) -> None:
+    import hashlib
+    from importlib import metadata
+
+    record = json.loads((cli_run_dir / "provenance.json").read_text())
+    (attempt,) = record["attempts"]
+    assert attempt["event"] == "start"
+    data = attempt["data"]
+    assert data["dataset"] == "partial-mnist" and data["folder"] is not None  # config.json says data_dir: null
+    names = [Path(f["path"]).name.removesuffix(".gz") for f in data["files"]]
+    assert names == ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "val.csv"]
+    for f in data["files"]:
+        assert Path(f["path"]).is_relative_to(data["folder"])
+        assert f["sha256"] == hashlib.sha256(Path(f["path"]).read_bytes()).hexdigest()
+    versions = attempt["packages"]
+    assert versions["torch"] == metadata.version("torch") and versions["numpy"] == metadata.version("numpy")
+    assert versions["perceval-quandela"] and versions["scipy"] and versions["pqt"]
+    assert attempt["threads"]["torch"] >= 1 and "OMP_NUM_THREADS" in attempt["threads"]
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:
+        assert attempt["code"]["git_commit"] == head.stdout.strip()
+
+
+def test_provenance_resolves_the_data_folder_of_the_environment(tmp_path, monkeypatch) -> None:
+    from pqt.data import find_shared_data_dir
+    from pqt.training import provenance
+
+    shared = find_shared_data_dir()
+    monkeypatch.setenv("PQT_DATA_DIR", str(shared))
+    run = tmp_path / "run"
+    run.mkdir()
+    provenance.record(run, "partial-mnist", None, 1, "cpu", "start")
+    provenance.record(run, "partial-mnist", None, 1, "cpu", "resume")
+    attempts = json.loads((run / "provenance.json").read_text())["attempts"]
+    assert [a["event"] for a in attempts] == ["start", "resume"]
+    data = attempts[0]["data"]
+    assert data["folder"] == str(shared.resolve()) and data["folder_from"] == "PQT_DATA_DIR"
+    assert len(data["files"]) == 3 and all(len(f["sha256"]) == 64 for f in data["files"])
+
+
 def model_from(run: Path) -> PaperCNN:
     model = PaperCNN()
     model.load_state_dict(torch.load(run / "model.pt", weights_only=True))
@@ -258,16 +298,107 @@ def test_evaluate_json(capsys, cli_run_dir) -> None:
     assert result["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, test.labels).item(), rel=1e-5)
 
 
-def test_predict_npy(capsys, cli_run_dir, tmp_path) -> None:
+def test_predict_npy_top3_probabilities(capsys, cli_run_dir, tmp_path) -> None:
+    """Output changed with issue 13: the three most probable classes with their probabilities, per image."""
     train, _ = load_dataset("partial-mnist")
     pixels = np.rint(train.images[:7, 0].numpy() * 255).astype(np.uint8)
     path = tmp_path / "digits.npy"
     np.save(path, pixels)
+    with torch.no_grad():
+        probabilities = torch.softmax(model_from(cli_run_dir)(train.images[:7]).double(), dim=1)
+    rc, out, err = cli(capsys, "predict", str(cli_run_dir), str(path), "--json")
+    assert rc == 0, err
+    (result,) = json.loads(out)
+    assert result["file"] == str(path) and result["preparation"] == []  # MNIST digits: nothing to change
+    assert [p["index"] for p in result["predictions"]] == list(range(7))
+    for p, expected in zip(result["predictions"], probabilities, strict=True):
+        best = expected.topk(3)
+        assert [c["label"] for c in p["top"]] == best.indices.tolist() and not p["inverted"]
+        np.testing.assert_allclose([c["probability"] for c in p["top"]], best.values.numpy(), rtol=1e-6)
     rc, out, err = cli(capsys, "predict", str(cli_run_dir), str(path))
     assert rc == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 7 and lines[0].startswith(f"{path}[0]: {probabilities[0].argmax().item()} ")
+    assert all(line.count("%") == 3 for line in lines)
+
+
+def _dark_on_light_picture(digit: torch.Tensor, path: Path) -> Path:
+    """A 200x200 black-on-white picture of an MNIST digit, as a user would draw or scan it."""
+    from PIL import Image
+
+    pixels = 255 - np.rint(digit.numpy() * 255).astype(np.uint8)
+    Image.fromarray(np.pad(np.kron(pixels, np.ones((7, 7), np.uint8)), 2, constant_values=255)).save(path)
+    return path
+
+
+def test_predict_inverts_and_centres_a_dark_on_light_picture(capsys, cli_run_dir, tmp_path) -> None:
+    from pqt.data import prepare_images
+
+    train, _ = load_dataset("partial-mnist")
+    picture = _dark_on_light_picture(train.images[0, 0], tmp_path / "seven.png")
+    prepared = prepare_images(picture)
+    assert prepared.inverted == [True] and prepared.images.shape == (1, 1, 28, 28)
+    # inverted, cropped and centred as MNIST's digits: the original digit again
+    assert np.corrcoef(prepared.images.ravel(), train.images[0].ravel())[0, 1] > 0.95
+    rc, out, err = cli(capsys, "predict", str(cli_run_dir), str(picture))
+    assert rc == 0, err
+    assert "inverted (dark on a light background)" in out and "centred in 28x28" in out
+    kept = prepare_images(picture, invert=False)
+    assert kept.inverted == [False] and "inverted" not in " ".join(kept.notes)
+    np.save(tmp_path / "light.npy", np.rint(train.images[:2, 0].numpy() * 255).astype(np.uint8))
+    forced = prepare_images(tmp_path / "light.npy", invert=True)
+    assert forced.inverted == [True, True] and torch.allclose(forced.images, 1 - train.images[:2], atol=1e-6)
+    assert forced.notes == ["inverted 2 of 2 images (forced by --invert)"]
+
+
+def test_predict_colour_images_for_a_cifar_run(capsys, tmp_path) -> None:
+    """A cifar-cnn run (made here: no CIFAR-10 offline) predicts on 3x32x32 pictures and arrays."""
+    from PIL import Image
+
+    from pqt.targets import create_target
+
+    run = tmp_path / "cifar_run"
+    run.mkdir()
+    torch.manual_seed(0)
+    model = create_target("cifar-cnn", (3, 32, 32), None).eval()
+    torch.save(model.state_dict(), run / "model.pt")
+    (run / "config.json").write_text(json.dumps({"target": "cifar-cnn", "dataset": "cifar-10"}))
+    rng = np.random.default_rng(0)
+    hwc = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    np.save(tmp_path / "two.npy", hwc)
+    Image.fromarray(np.kron(hwc[0], np.ones((2, 3, 1), np.uint8))).save(tmp_path / "wide.png")  # 96x64
+    rc, out, err = cli(capsys, "predict", str(run), str(tmp_path / "two.npy"), str(tmp_path / "wide.png"), "--json")
+    assert rc == 0, err
+    arrays, picture = json.loads(out)
     with torch.no_grad():
-        expected = model_from(cli_run_dir)(train.images[:7]).argmax(1).tolist()
-    assert out.strip() == f"{path}: {' '.join(map(str, expected))}"
+        expected = torch.softmax(model(torch.from_numpy(hwc).permute(0, 3, 1, 2).float() / 255).double(), dim=1)
+    for p, probabilities in zip(arrays["predictions"], expected, strict=True):
+        assert [c["label"] for c in p["top"]] == probabilities.topk(3).indices.tolist()
+        cifar = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+        assert [c["name"] for c in p["top"]] == [cifar[c["label"]] for c in p["top"]]
+    assert picture["preparation"] == ["resized from 96x64 to 32x32"]
+    rc, _, err = cli(capsys, "predict", str(run), str(tmp_path / "two.npy"), "--invert")
+    assert_one_line_error(rc, err, "--invert", "colour")
+
+
+def test_evaluate_confusion_matrix(capsys, cli_run_dir) -> None:
+    rc, out, err = cli(capsys, "evaluate", str(cli_run_dir), "--confusion", "--json")
+    assert rc == 0, err
+    result = json.loads(out)
+    _, test = load_dataset("partial-mnist")
+    with torch.no_grad():
+        predicted = model_from(cli_run_dir)(test.images).argmax(1)
+    matrix = np.array(result["confusion"])
+    assert matrix.shape == (10, 10) and result["classes"] == [str(k) for k in range(10)]
+    for true in range(10):
+        for guess in range(10):
+            assert matrix[true, guess] == int(((test.labels == true) & (predicted == guess)).sum())
+    assert matrix.trace() / matrix.sum() == pytest.approx(result["accuracy"])
+    rc, out, err = cli(capsys, "evaluate", str(cli_run_dir), "--confusion")
+    assert rc == 0, err
+    table = out.strip().splitlines()[1:]
+    assert table[0].startswith("true \\ predicted") and len(table) == 11
+    assert [int(v) for v in table[1].split()[1:11]] == matrix[0].tolist()
 
 
 def test_deployment_does_not_import_perceval(cli_run_dir, tmp_path) -> None:

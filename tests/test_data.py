@@ -341,3 +341,66 @@ def test_load_images_idx_csv_and_errors(tmp_path: Path) -> None:
     (tmp_path / "x.txt").write_text("hi")
     with pytest.raises(UserError, match="unsupported"):
         D.load_images(tmp_path / "x.txt")
+
+
+# --------------------------------------------------------------------------- CIFAR-10 (python-batch format)
+
+
+def _write_cifar(root: Path, per_batch: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """Tiny CIFAR-10 files in torchvision's layout (no CIFAR-10 exists offline): 5 training batches + test."""
+    from pqt.data import cifar
+
+    folder = root / cifar.FOLDER
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6 * per_batch, 3, 32, 32), dtype=np.uint8)
+    labels = rng.integers(0, 10, 6 * per_batch)
+    for i, name in enumerate(cifar.TRAIN_FILES + cifar.TEST_FILES):
+        part = slice(i * per_batch, (i + 1) * per_batch)
+        cifar.write_batch(folder / name, images[part], labels[part])
+    return images, labels
+
+
+def test_cifar10_loader_reads_python_batches(tmp_path: Path) -> None:
+    images, labels = _write_cifar(tmp_path)
+    train, test = D.load_dataset("cifar-10", tmp_path)
+    assert train.images.shape == (60, 3, 32, 32) and test.images.shape == (12, 3, 32, 32)
+    assert train.input_shape == (3, 32, 32) and D.input_shape_of("cifar-10") == (3, 32, 32)
+    # channel-major rows of 1,024 values (R, then G, then B), row-major 32x32, pixels / 255
+    np.testing.assert_array_equal((train.images * 255).round().numpy().astype(np.uint8), images[:60])
+    np.testing.assert_array_equal(test.labels.numpy(), labels[60:])
+
+
+def test_cifar10_tampered_batch_is_refused(tmp_path: Path) -> None:
+    import pickle
+
+    from pqt.data import cifar
+
+    _write_cifar(tmp_path)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    (tmp_path / cifar.FOLDER / "test_batch").write_bytes(pickle.dumps({b"data": Evil(), b"labels": [1]}))
+    with pytest.raises(UserError, match="not a CIFAR-10 python batch"):
+        D.load_dataset("cifar-10", tmp_path)
+
+
+def test_cifar10_missing_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="cifar-10-python.tar.gz"):
+        D.load_dataset("cifar-10", tmp_path)
+
+
+def test_cifar10_shaped_target_trains(tmp_path: Path) -> None:
+    """A 3x32x32 dataset feeds a target built for it (the small MLP: 24,674 weights -> 15 qubits)."""
+    from pqt.training.config import TrainConfig
+    from pqt.training.trainer import Trainer
+
+    _write_cifar(tmp_path / "data")
+    config = TrainConfig(dataset="cifar-10", data_dir=str(tmp_path / "data"), target="mlp", generator="qubit",
+                         blocks=1, phase_optimizer="exact-gradient", shots=None, rounds=1, adam_epochs=1)
+    metrics = Trainer(config, tmp_path / "run", log=lambda line: None).run()
+    assert metrics["target_parameters"] == 3072 * 8 + 8 + 90
+    assert metrics["generator"]["circuits"][0]["qubits"] == 15
+    assert metrics["status"] == "finished"

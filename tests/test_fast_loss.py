@@ -123,3 +123,25 @@ def test_subclass_of_paper_cnn_falls_back() -> None:
     assert not loss.fast
     w = _weights(target, 0)
     assert loss(w) == pytest.approx(plain_loss(target, w, images, labels), rel=REL)
+
+
+def test_cifar_cnn_runs_channels_last_with_the_plain_loss_and_gradients() -> None:
+    """The CIFAR-10 CNN: channels-last images, same loss and weight gradients as the plain NCHW path."""
+    from pqt.targets import CifarCNN
+    from pqt.targets.paper_cnn_fast import training_forward
+
+    target = CifarCNN()
+    g = torch.Generator().manual_seed(3)
+    images, labels = torch.rand(24, 3, 32, 32, generator=g), torch.randint(0, 10, (24,), generator=g)
+    w = _weights(target, 3, scale=0.05)
+    loss = FixedBatchLoss(target, images, labels)
+    assert not loss.fast and loss.channels_last and loss.images.is_contiguous(memory_format=torch.channels_last)
+    assert loss(w) == pytest.approx(plain_loss(target, w, images, labels), rel=REL)
+    assert not FixedBatchLoss(target, images, labels, enabled=False).channels_last
+    grads = []
+    for enabled in (True, False):
+        leaf = w.clone().requires_grad_(True)
+        nn.functional.cross_entropy(training_forward(target, leaf, images, enabled), labels).backward()
+        grads.append(leaf.grad)
+    assert grads[1].abs().max() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6 * grads[1].abs().max().item())

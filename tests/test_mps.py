@@ -132,6 +132,39 @@ def test_mapper_planned_equals_reference_forward() -> None:
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
 
 
+def test_mapper_planned_equals_reference_at_cifar_size_in_float64() -> None:
+    """285,226 weights (19 bits): the sliced-table path, values and gradients, to float64 rounding."""
+    torch.manual_seed(0)
+    gen = MPSMapper(285_226, 3, init_std=0.3).double()
+    assert gen.plan_pair_is_range  # index order: pair k = k, read by a slice
+    combined = torch.rand(285_226, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2.0
+    target = torch.randn(285_226, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    grads = []
+    for forward in (gen, gen.reference_forward):
+        gen.zero_grad()
+        out = forward(combined)
+        (out * target).sum().backward()
+        grads.append((out.detach(), [p.grad.clone() for p in gen.parameters()]))
+    (fast, fast_grads), (ref, ref_grads) = grads
+    assert ref.std().item() > 1e-3 * ref.abs().max().item()
+    torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
+    for a, b in zip(fast_grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_mapper_gathers_when_pairs_are_not_in_index_order() -> None:
+    """Continuous fixed features with repeated rows: pair != arange, the gather path."""
+    mps = randomised(5, 2, seed=7)
+    g = torch.Generator().manual_seed(7)
+    fixed = torch.rand(40, 4, generator=g)
+    fixed[20:] = fixed[:20].flip(0)
+    plan = mps.plan_fixed(fixed)
+    assert not plan.pair_is_range
+    last = torch.rand(40, generator=g)
+    torch.testing.assert_close(mps.forward_planned(plan, last), mps(torch.cat([fixed, last[:, None]], 1)),
+                               rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("chi", [1, 4, 10])
 def test_default_init_generates_zero_weights(chi: int) -> None:
     torch.manual_seed(0)

@@ -160,6 +160,16 @@ def test_distribution_equals_perceval_processor_and_slos(qnns, shape) -> None:
         np.testing.assert_allclose(ours, slos_collision_free(qnn, phases), rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("shape", [(12, 6), (12, 5)])
+def test_cifar_size_distributions_equal_perceval_slos(shape) -> None:
+    """The CIFAR-10-size pair (924 x 792 patterns), numpy and torch paths, against Perceval's SLOS."""
+    qnn = PhotonicQNN(*shape)
+    phases = qnn.random_parameters(np.random.default_rng(99))
+    ref = slos_collision_free(qnn, phases)
+    np.testing.assert_allclose(qnn.distribution(phases), ref, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(qnn.torch_distribution(torch.from_numpy(phases)).numpy(), ref, rtol=0, atol=1e-10)
+
+
 def test_distribution_is_not_phase_independent(qnns) -> None:
     qnn = qnns[(9, 4)]
     rng = np.random.default_rng(5)
@@ -192,6 +202,23 @@ def test_torch_distribution_equals_numpy(qnns, shape) -> None:
         t = qnn.torch_distribution(torch.from_numpy(phases))
         assert t.dtype == torch.float64
         np.testing.assert_allclose(t.numpy(), qnn.distribution(phases), rtol=0, atol=1e-12)
+
+
+def test_torch_distribution_of_a_batch_equals_each_setting(qnns) -> None:
+    """A (B, P) batch of phase settings: each row's distribution and gradient as if computed alone."""
+    qnn = qnns[(9, 4)]
+    rng = np.random.default_rng(31)
+    batch = torch.from_numpy(np.stack([qnn.random_parameters(rng) for _ in range(5)])).requires_grad_(True)
+    weights = torch.from_numpy(rng.normal(size=qnn.n_outcomes))
+    probs = qnn.torch_distribution(batch)
+    assert probs.shape == (5, qnn.n_outcomes)
+    (probs * weights).sum().backward()
+    for i in range(5):
+        np.testing.assert_allclose(probs[i].detach().numpy(), qnn.distribution(batch[i].detach().numpy()),
+                                   rtol=0, atol=1e-12)
+        single = batch[i].detach().clone().requires_grad_(True)
+        (qnn.torch_distribution(single) * weights).sum().backward()
+        torch.testing.assert_close(batch.grad[i], single.grad, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("shape", PAPER_SHAPES)

@@ -158,6 +158,8 @@ def test_sweep_writes_tables_then_skips_finished_runs(tmp_path: Path) -> None:
 
     metrics_files = [tmp_path / "runs" / "tiny" / r.name / run_files.METRICS for r in study.runs]
     mtimes = [f.stat().st_mtime_ns for f in metrics_files]
+    # each run records its provenance beside config.json, which the skip below must not take for a setting
+    assert all((f.parent / run_files.PROVENANCE).is_file() for f in metrics_files)
     plan = describe_plan(study, tmp_path / "runs")
     assert "0 new, 0 to resume, 2 finished" in plan[0] and all(line.endswith("finished") for line in plan[1:3])
     _, again = sweep(path, tmp_path)
@@ -327,6 +329,63 @@ def test_figures_from_result_files_and_skips(tmp_path: Path) -> None:
     assert "noise_paper_curves.png" in [p.name for p in make_figures(res, tmp_path / "figs", log=lines.append)]
 
 
+def test_figures_say_protocol_seeds_and_counts_from_anywhere_in_the_checkout(tmp_path: Path, monkeypatch) -> None:
+    from pqt.cli.main import build_parser
+    from pqt.studies.figures import draw_figures
+
+    experiments = tmp_path / "checkout" / "experiments"
+    res = experiments / "results"
+    res.mkdir(parents=True)
+    write_study(experiments, "[grid]\nbond_dim = [1, 2]\nseed = [0, 1]\n", name="table3", protocol="synthetic",
+                base="[base]\nrounds = 3\nadam_epochs = 2\ncobyla_maxiter = 40\nshots = \"exact\"\n")
+    write_study(experiments, '[grid]\nphase_optimizer = ["cobyla", "spsa"]\nshots = ["exact", 10000]\n',
+                name="optimizers", protocol="synthetic", base="[base]\nrounds = 2\nadam_epochs = 1\n")
+    p = {"protocol": "synthetic"}
+    # chi = 1 has two seeds, chi = 2 one: the legend must say n per curve
+    _write(res / "table3_curves.csv", [{**p, "group": f"bond_dim={c}", "bond_dim": c, "seed": s, "status": "finished",
+                                        "round": r, "test_accuracy": 0.5 + 0.01 * r * c}
+                                       for c, seeds in ((1, (0, 1)), (2, (0,))) for s in seeds for r in (1, 2, 3)])
+    _write(res / "table3_summary.csv", [{**p, "bond_dim": c, "n": 2, "trainable_parameters_mean": 31 * c * c + 128,
+                                         "paper_count_parameters_mean": 31 * c * c + 192, "test_accuracy_mean": 0.8,
+                                         "test_accuracy_std": 0.01, "generalization_error_mean": 0.01,
+                                         "generalization_error_std": 0.0} for c in (1, 2)])
+    settings = (("cobyla", "0.2", "exact"), ("spsa", "0.02", "10000"), ("exact-gradient", "0.2", "exact"))
+    _write(res / "optimizers_curves.csv", [
+        {**p, "group": f"phase_optimizer={o},spsa_a={a},spsa_c=0.1,shots={shots}", "phase_optimizer": o, "spsa_a": a,
+         "spsa_c": "0.1", "shots": shots, "seed": 0, "status": "finished", "round": r, "test_accuracy": 0.1 * r,
+         "wall_seconds": 2.0 * r, "objective_evaluations": 0 if o == "exact-gradient" else 40 * r}
+        for o, a, shots in settings for r in (1, 2)])
+    inside = tmp_path / "checkout" / "pqt" / "deep"
+    inside.mkdir(parents=True)
+    monkeypatch.chdir(inside)
+    # no --results / --out (as `pqt figures`): the checkout's experiments/results and experiments/figures
+    args = build_parser().parse_args(["figures"])
+    assert (args.results, args.out) == (None, None)
+    drawn = draw_figures(args.results, args.out, log=lambda _: None)
+    assert {p.name for p in drawn.written} == {"fig3_curves_table3.png", "fig4_accuracy_table3.png",
+                                               "fig4_generalization_table3.png", "optimizers.png"}
+    assert all(p.parent == (experiments / "figures").resolve() for p in drawn.written)
+    texts = drawn.texts
+    curves = texts["fig3_curves_table3.png"]
+    title = " ".join(curves["titles"]).replace("\n", " ")
+    assert "3 rounds × (2 Adam epochs + 40 COBYLA evaluations), exact probabilities" in title
+    assert "synthetic" not in title and "1-2 seeds" in title
+    assert curves["legend"] == ["χ = 1 (n=2)", "χ = 2 (n=1)"]
+    accuracy = texts["fig4_accuracy_table3.png"]
+    assert "as the paper counts them" in accuracy["xlabels"][0]
+    assert "photonic QT, ours (2 bond dimensions, 2 seeds each)" in accuracy["legend"]
+    optimizers = texts["optimizers.png"]
+    assert sorted(optimizers["legend"]) == ["COBYLA, exact", "SPSA (a = 0.02, c = 0.1), 10,000 shots",
+                                            "exact gradient (joint Adam)"]
+    title = " ".join(optimizers["titles"]).replace("\n", " ")
+    assert "2 rounds × (1 Adam epoch + 1,000 phase-objective evaluations)" in title and "shots" not in title
+    # elsewhere than in a checkout, the defaults cannot be guessed: one line
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("pqt.studies.figures.find_experiments_dir", lambda start=None: None)
+    with pytest.raises(UserError, match="--results"):
+        draw_figures()
+
+
 def test_figure_groups_sort_numbers_as_numbers() -> None:
     from pqt.studies.figures import _natural_key
 
@@ -367,3 +426,66 @@ def test_noise_figure_lines_take_one_knob_at_a_time() -> None:
     assert [r[g2] for r in lines[g2]] == ["0.0", "0.05"]
     assert lines["backend_options.phase_error"] == [rows[0]]  # only the ideal point
     assert together == [rows[4]]
+
+
+def test_welch_tests_in_the_aggregation(tmp_path: Path) -> None:
+    """report.compare: each value of a group key against its reference, as Welch's t-test computed by hand."""
+    import math as m
+
+    path = write_study(tmp_path, """
+[grid]
+distribution_source = ["photonic", "constant"]
+bond_dim = [2]
+seed = [0, 1, 2]
+[report]
+group_by = ["distribution_source", "bond_dim"]
+compare = "distribution_source"
+reference = "photonic"
+""")
+    study = load_study(path)
+    accuracy = {"photonic": [0.70, 0.74, 0.75], "constant": [0.60, 0.66, 0.61]}
+    for run in study.runs:  # finished runs with known accuracies (what a sweep leaves)
+        run_dir = tmp_path / "runs" / "tiny" / run.name
+        run_dir.mkdir(parents=True)
+        run_files.write_json(run_dir / run_files.CONFIG, run.config)
+        acc = accuracy[run.config["distribution_source"]][run.config["seed"]]
+        run_files.write_json(run_dir / run_files.METRICS, {
+            "status": "finished", "rounds_completed": 1, "rounds_planned": 1, "test_accuracy": acc,
+            "history": []})
+    files = aggregate(study, tmp_path / "runs", tmp_path / "results")
+    (row,) = read_csv(tmp_path / "results" / "tiny_tests.csv")
+    assert tmp_path / "results" / "tiny_tests.csv" in files
+    a, b = accuracy["constant"], accuracy["photonic"]
+    va = sum((x - sum(a) / 3) ** 2 for x in a) / 2
+    vb = sum((x - sum(b) / 3) ** 2 for x in b) / 2
+    t = (sum(a) / 3 - sum(b) / 3) / m.sqrt(va / 3 + vb / 3)
+    dof = (va / 3 + vb / 3) ** 2 / ((va / 3) ** 2 / 2 + (vb / 3) ** 2 / 2)
+    assert row["distribution_source"] == "constant" and row["reference"] == "photonic"
+    assert float(row["t"]) == pytest.approx(t, rel=1e-9) and float(row["dof"]) == pytest.approx(dof, rel=1e-9)
+    assert 0.0 < float(row["p_value"]) < 0.05  # clearly different samples
+    assert "Welch's t-test" in (tmp_path / "results" / "tiny.md").read_text()
+
+
+def test_aggregation_keeps_committed_results_of_runs_whose_folders_are_gone(tmp_path: Path) -> None:
+    """A table completed over several machines: rows of finished runs survive the loss of their folders."""
+    import shutil
+
+    path = write_study(tmp_path, "[grid]\nbond_dim = [2]\nseed = [0, 1]\n")
+    study, outcome = sweep(path, tmp_path)
+    assert sorted(outcome.finished) == sorted(r.name for r in study.runs)
+    before = read_csv(tmp_path / "results" / "tiny.csv")
+    curves_before = read_csv(tmp_path / "results" / "tiny_curves.csv")
+    shutil.rmtree(tmp_path / "runs" / "tiny" / study.runs[0].name)  # this machine lost one run folder
+    aggregate(study, tmp_path / "runs", tmp_path / "results")
+    after = read_csv(tmp_path / "results" / "tiny.csv")
+    assert [r["status"] for r in after] == ["finished", "finished"]
+    assert [r["source"] for r in after] == ["committed", "run folder"]
+    assert [r["test_accuracy"] for r in after] == [r["test_accuracy"] for r in before]
+    assert len(read_csv(tmp_path / "results" / "tiny_curves.csv")) == len(curves_before)
+    (summary,) = read_csv(tmp_path / "results" / "tiny_summary.csv")
+    assert summary["n"] == "2"
+    # a different protocol never borrows those rows
+    other = load_study(path, ("rounds=1",))
+    other.protocol = "another-protocol"
+    aggregate(other, tmp_path / "runs", tmp_path / "results")
+    assert [r["status"] for r in read_csv(tmp_path / "results" / "tiny.csv")] == ["not started", "finished"]

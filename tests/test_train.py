@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 import shutil
 
 import numpy as np
@@ -164,7 +166,9 @@ def test_resume_after_kill_mid_round_equals_uninterrupted_run(runs, two_round_ru
 @pytest.mark.parametrize("overrides", [
     {"phase_optimizer": "spsa", "spsa_iterations": 5},
     {"phase_optimizer": "exact-gradient", "shots": None},
-], ids=["spsa", "exact-gradient"])
+    pytest.param({"phase_optimizer": "nlopt-cobyla"}, marks=pytest.mark.skipif(
+        importlib.util.find_spec("nlopt") is None, reason="optional nlopt not installed (pip install nlopt)")),
+], ids=["spsa", "exact-gradient", "nlopt-cobyla"])
 def test_resume_equivalence_other_phase_optimizers(runs, tiny_config, make_trainer, tmp_path, overrides) -> None:
     whole, split = tmp_path / "whole", tmp_path / "split"
     make_trainer(tiny_config(rounds=2, **overrides), whole).run()
@@ -244,6 +248,9 @@ def test_exact_gradient_round_changes_phases(runs, tiny_config, make_trainer, tm
         assert np.abs(a - b).max() > 1e-4
     assert metrics["shots"] == "exact" and metrics["shots_used"] == 0
     assert metrics["history"][0]["phase_objective_start"] is None
+    # nothing sampled, but both circuits were simulated at every Adam step (300 images / 128 = 3 steps) and
+    # once more for the round's network: that is what the run records
+    assert metrics["circuit_evaluations"] == metrics["history"][0]["circuit_evaluations_round"] == 2 * (3 + 1)
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
     ck = runs.load_checkpoint(tmp_path / "exact")
     for a, b in zip(ck["circuit_parameters"], after, strict=True):
@@ -335,3 +342,24 @@ def test_cosine_schedule_decays_both_learning_rates(tiny_config, make_trainer, t
     constant = make_trainer(tiny_config(rounds=1), tmp_path / "constant")
     constant._schedule_lr(0.9)
     assert constant.adam.param_groups[0]["lr"] == pytest.approx(1e-3)
+
+
+def test_metrics_record_the_thread_settings(two_round_run) -> None:
+    """Results depend on the torch thread count: every run records it, with OpenMP's wait policy."""
+    threads = two_round_run["metrics"]["threads"]
+    assert threads["torch_threads"] == torch.get_num_threads()
+    assert threads["omp_wait_policy"] == os.environ.get("OMP_WAIT_POLICY", "unset")
+    assert set(threads) == {"torch_threads", "omp_wait_policy", "omp_wait_policy_in_effect", "numpy_blas_threads"}
+
+
+def test_pqt_sets_a_passive_openmp_wait_policy_unless_the_user_chose_one() -> None:
+    import subprocess
+    import sys
+
+    code = "import pqt, os; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ACTIVE"

@@ -18,6 +18,11 @@ from typing import Any
 SECTIONS = {
     "photonic-qt": "pqt.bench.photonic_qt",
     "qubit": "pqt.bench.qubit",
+    "cifar": "pqt.bench.cifar",
+    "merlin": "pqt.bench.merlin",
+    "pennylane": "pqt.bench.pennylane",
+    "cobyla": "pqt.bench.cobyla",
+    "threads": "pqt.bench.threads",
     "noisy": "pqt.bench.noisy",
 }
 
@@ -31,15 +36,17 @@ def run_bench(as_json: bool = False, repeats: int = 15, only: list[str] | None =
     unknown = [n for n in names if n not in SECTIONS]
     if unknown:
         raise UserError(f"unknown bench section(s) {', '.join(unknown)}: choose from {', '.join(SECTIONS)}")
+    from pqt.threads import thread_settings
+
     result: dict[str, Any] = {
-        "machine": {"torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+        "machine": {**thread_settings(), "cpus": os.cpu_count(), "load_average": os.getloadavg()[0],
                     "processor": platform.processor() or platform.machine(), "torch": torch.__version__},
         "repeats": repeats,
     }
     if not as_json:
         m = result["machine"]
         print(f"pqt bench: medians over {repeats} runs; torch {m['torch']} with {m['torch_threads']} thread(s) "
-              f"on {m['cpus']} CPU(s)")
+              f"(OMP_WAIT_POLICY {m['omp_wait_policy']}) on {m['cpus']} CPU(s), load average {m['load_average']:.1f}")
     for name in names:
         module = importlib.import_module(SECTIONS[name])
         result[name] = module.run(repeats)

@@ -14,7 +14,7 @@ unitary columns that the input photons see are built directly from those phases:
 layer is one block-diagonal matrix, all built with one scatter and chained by small matmuls
 (checked against ``circuit.compute_unitary()`` in the tests), and the collision-free
 probabilities are the squared permanents |Perm(U[S, inputs])|^2 of the N x N submatrices
-(Ryser's formula). Large photon numbers fall back to Perceval's SLOS fed with that unitary.
+(Glynn's formula). Large photon numbers fall back to Perceval's SLOS fed with that unitary.
 ``perceval_distribution`` is the straightforward Perceval path (Processor + Sampler), kept as
 the reference the tests and ``pqt bench`` compare against.
 """
@@ -40,7 +40,7 @@ __all__ = ["PhotonicQNN", "perceval_distribution", "sample_frequencies"]
 # Importing exqalibur (above, through perceval) replaces Python's SIGINT handler: put it back.
 restore_sigint()
 
-# Above this many photons Ryser's 2^N terms per pattern lose to Perceval's SLOS.
+# Above this many photons the 2^(N-1) terms per pattern lose to Perceval's SLOS.
 _MAX_PERMANENT_PHOTONS = 8
 
 
@@ -176,37 +176,44 @@ class PhotonicQNN(Circuit):
         return patterns
 
     @cached_property
-    def _ryser_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Constants of Ryser's formula for every pattern's N x N submatrix.
+    def _permanent_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Constants of Glynn's formula for every pattern's N x N submatrix.
 
-        Perm(A) = sum over column subsets T of (-1)^(N - |T|) prod_i sum_{j in T} A_ij: 2^N dense
-        terms (16 for 4 photons) instead of N! gathered products, as a gather, a matmul and a prod.
+        Perm(A) = 2^-(N-1) sum over d in {+-1}^N with d_1 = 1 of (prod_k d_k) prod_i sum_j d_j A_ij:
+        2^(N-1) dense terms (32 for 6 photons; Ryser's formula needs 2^N) instead of N! gathered
+        products. The row sums of all patterns are ONE (K*N, N) @ (N, 2^(N-1)) GEMM, since every
+        pattern shares the sign table; then a product over rows and a dot with the signs.
         """
         n = self.photons
-        subsets = np.array(list(itertools.product((0.0, 1.0), repeat=n)))  # (2^N, N)
-        signs = (-1.0) ** (n - subsets.sum(1))
+        deltas = np.array([(1.0, *rest) for rest in itertools.product((1.0, -1.0), repeat=n - 1)])  # (T, N)
+        signs = deltas.prod(1) / 2.0 ** (n - 1)
         # flat index of U[S_k[i], j] in the (M x N) columns, for pattern k, row i, column j
         gather = (self.output_modes[:, :, None] * n + np.arange(n)[None, None, :]).reshape(-1)
-        return gather, subsets.T.copy(), signs
+        return gather, deltas.T.astype(np.complex128), signs
 
     # ---- unitary -------------------------------------------------------------------------------
     def _layer_matrices(self, phases: Any, xp: Any) -> Any:
-        """(n_layers, M, M) block-diagonal layer matrices; ``xp`` is numpy or torch."""
+        """(..., n_layers, M, M) block-diagonal layer matrices; ``xp`` is numpy or torch.
+
+        torch takes a batch of phase settings (..., P): one layer stack per setting.
+        """
         plan = self._plan
-        ea = xp.exp(1j * phases[plan.phase_a])
-        eb = xp.exp(1j * phases[plan.phase_b])
+        ea = xp.exp(1j * phases[..., plan.phase_a])
+        eb = xp.exp(1j * phases[..., plan.phase_b])
         # MZI = PS(b) . BS . PS(a) . BS with Perceval's BS (Rx convention):
         # [[eb (ea - 1), i eb (ea + 1)], [i (ea + 1), 1 - ea]] / 2
-        blocks = xp.concatenate([0.5 * eb * (ea - 1), 0.5j * eb * (ea + 1), 0.5j * (ea + 1), 0.5 * (1 - ea)])
-        size = plan.n_layers * plan.modes * plan.modes
+        parts = [0.5 * eb * (ea - 1), 0.5j * eb * (ea + 1), 0.5j * (ea + 1), 0.5 * (1 - ea)]
+        shape = (plan.n_layers, plan.modes, plan.modes)
         if xp is np:
-            flat = np.zeros(size, dtype=np.complex128)
+            flat = np.zeros(plan.n_layers * plan.modes * plan.modes, dtype=np.complex128)
             flat[plan.identity_index] = 1.0
-            flat[plan.block_index] = blocks
-        else:
-            block_index, identity = self._torch_constants(phases.device)
-            flat = identity.index_put((block_index,), blocks)  # out of place: differentiable
-        return flat.reshape(plan.n_layers, plan.modes, plan.modes)
+            flat[plan.block_index] = np.concatenate(parts)
+            return flat.reshape(shape)
+        block_index, identity = self._torch_constants(phases.device)
+        batch = phases.shape[:-1]
+        flat = identity.expand(*batch, -1).clone()
+        flat[..., block_index] = xp.cat(parts, -1)  # into a fresh tensor: differentiable
+        return flat.reshape(*batch, *shape)
 
     def _torch_constants(self, device: Any) -> tuple[Any, Any]:
         import torch
@@ -220,10 +227,10 @@ class PhotonicQNN(Circuit):
         return self._torch_cache[key]
 
     def _propagate(self, phases: Any, columns: Any, xp: Any) -> Any:
-        """Apply the mesh to ``columns`` (M x k): the layer matrices, first layer first."""
+        """Apply the mesh to ``columns`` (M x k): the layer matrices, first layer first (batched in torch)."""
         layers = self._layer_matrices(phases, xp)
-        for k in range(self._plan.n_layers):
-            columns = layers[k] @ columns
+        for layer in (layers if xp is np else layers.unbind(-3)):  # unbind: see collision_free_probabilities
+            columns = layer @ columns
         return columns
 
     def unitary(self, phases: Any) -> np.ndarray:
@@ -242,26 +249,27 @@ class PhotonicQNN(Circuit):
     # ---- distributions -------------------------------------------------------------------------
     def collision_free_probabilities(self, columns: Any, xp: Any = np) -> Any:
         """Unnormalised |Perm(U[S, inputs])|^2 for every pattern S, from the M x N columns."""
-        gather = self._ryser_tables[0] if xp is np else self._torch_ryser(columns.device)[0]
-        n = self.photons
-        sub = columns.reshape(-1)[gather].reshape(-1, n, n)  # (K, N, N): U[S_k[i], input j]
-        perm = self.permanents(sub, xp)
+        gather, deltas, signs = self._permanent_tables if xp is np else self._torch_permanent(columns.device)
+        n, batch = self.photons, columns.shape[:-2]
+        rows = columns.reshape(*batch, -1)[..., gather].reshape(*batch, -1, n)  # (..., K*N, N): U[S_k[i], j]
+        sums = (rows @ deltas).reshape(*batch, -1, n, deltas.shape[1])
+        perm = _row_products(sums, xp) @ signs
         return perm.real**2 + perm.imag**2
 
     def permanents(self, matrices: Any, xp: Any = np) -> Any:
-        """Permanents of a stack of N x N complex matrices (K, N, N) by Ryser's formula, numpy or torch."""
-        _, subsets, signs = self._ryser_tables if xp is np else self._torch_ryser(matrices.device)
-        return ((matrices @ subsets).prod(1) * signs).sum(-1)
+        """Permanents of a stack of N x N complex matrices (..., N, N) by Glynn's formula, numpy or torch."""
+        _, deltas, signs = self._permanent_tables if xp is np else self._torch_permanent(matrices.device)
+        return _row_products(matrices @ deltas, xp) @ signs
 
-    def _torch_ryser(self, device: Any) -> tuple[Any, Any, Any]:
+    def _torch_permanent(self, device: Any) -> tuple[Any, Any, Any]:
         import torch
 
-        key = ("ryser", str(device))
+        key = ("permanent", str(device))
         if key not in self._torch_cache:
-            gather, subsets, signs = self._ryser_tables
+            gather, deltas, signs = self._permanent_tables
             self._torch_cache[key] = (torch.as_tensor(gather, device=device),
-                                      torch.as_tensor(subsets, dtype=torch.complex128, device=device),
-                                      torch.as_tensor(signs, dtype=torch.float64, device=device))
+                                      torch.as_tensor(deltas, dtype=torch.complex128, device=device),
+                                      torch.as_tensor(signs, dtype=torch.complex128, device=device))
         return self._torch_cache[key]
 
     def exact_distribution(self, phases: Any) -> np.ndarray:
@@ -283,19 +291,35 @@ class PhotonicQNN(Circuit):
 
     # ---- torch (differentiable) ----------------------------------------------------------------
     def torch_input_columns(self, phases: Any) -> Any:
-        """:meth:`input_columns` from a float64 torch tensor of phases, differentiable (complex128)."""
+        """:meth:`input_columns` from a float64 torch tensor of phases (or a batch (B, P)), differentiable."""
         import torch
 
         start = torch.eye(self.modes, dtype=torch.complex128, device=phases.device)[:, list(self.input_modes)]
         return self._propagate(phases, start, torch)
 
     def torch_distribution(self, phases: Any) -> Any:
-        """Differentiable exact distribution: ``phases`` a float64 torch tensor (grad allowed)."""
+        """Differentiable exact distribution: ``phases`` a float64 torch tensor (grad allowed).
+
+        ``phases`` may be a batch (B, P) of settings: the result is then (B, K), all computed together
+        (one set of batched matrix products instead of B passes).
+        """
         import torch
 
         probs = self.collision_free_probabilities(self.torch_input_columns(phases), xp=torch)
-        return probs / probs.sum()
+        return probs / probs.sum(-1, keepdim=True)
 
+
+
+def _row_products(sums: Any, xp: Any) -> Any:
+    """Product over the rows axis (-2) of Glynn's row sums (..., N, T) -> (..., T)."""
+    if xp is np:
+        return sums.prod(-2)
+    # torch's prod backward (zero checks, copies) costs more than the forward; N products do not
+    first, *others = sums.unbind(-2)  # unbind: one backward node, not a zero-filled gradient per row
+    products = first
+    for row in others:
+        products = products * row
+    return products
 
 
 def perceval_distribution(qnn: PhotonicQNN, phases: Any) -> np.ndarray:

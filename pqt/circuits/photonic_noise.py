@@ -53,7 +53,7 @@ Perm(B[A, A]) = Perm(G_T[A, A]) prod_{k in A} alpha_k, hence
 
     F(T) = Perm(diag(beta) + G_T diag(alpha)),
 
-one N x N permanent per subset T (Ryser's formula, as the ideal path). The N-click patterns need every T
+one N x N permanent per subset T (Glynn's formula, as the ideal path). The N-click patterns need every T
 with |T| <= N: sum_t C(M, t) permanents (256 for 9 modes / 4 photons), the signed sums one fixed matrix
 product. F(empty) = pi_0^N, so P(at least one click) = 1 - pi_0^N. Without noise (alpha = 1, beta = 0)
 F(T) = Perm(G_T) and P(C = S) = |Perm(U[S, :])|^2, the ideal collision-free probability.
@@ -75,7 +75,7 @@ import numpy as np
 if TYPE_CHECKING:
     from pqt.circuits.photonic import PhotonicQNN
 
-# Ryser's 2^N terms per subset, times sum_t C(M, t) subsets: beyond this many photons Perceval is used.
+# 2^(N-1) permanent terms per subset, times sum_t C(M, t) subsets: beyond this many photons Perceval is used.
 MAX_FAST_PHOTONS = 8
 
 

@@ -55,11 +55,25 @@ def _default_text(f: dataclasses.Field, default: Any) -> str:
     return str(default)
 
 
+def _metavar(f: dataclasses.Field) -> str:
+    """What the flag takes: the field's own metavar, else N (whole number), X (number) or NAME."""
+    if f.metadata["metavar"]:
+        return f.metadata["metavar"]
+    return {int: "N", float: "X"}.get(field_kind(f), "NAME")
+
+
 def add_config_flags(p: argparse.ArgumentParser) -> None:
-    """Every TrainConfig setting as a flag (defaults SUPPRESSed: only given flags override a --config file)."""
+    """Every TrainConfig setting as a flag (defaults SUPPRESSed: only given flags override a --config file).
+
+    Groups appear in :data:`GROUPS` order, each backend's own settings right after the backend group.
+    """
     defaults = TrainConfig()
     p.add_argument("--config", metavar="FILE", help="JSON or TOML file of config keys; flags override it")
-    groups = {key: p.add_argument_group(title) for key, title in GROUPS.items()}
+    groups = {}
+    for key, title in GROUPS.items():
+        groups[key] = p.add_argument_group(title)
+        if key == "backend":
+            _add_backend_flags(p)
     for f in dataclasses.fields(TrainConfig):
         meta = f.metadata
         if not meta.get("cli"):
@@ -71,13 +85,22 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
             kwargs["choices"] = meta["choices"]
         else:
             kwargs["type"] = _converter(f)
-            kwargs["metavar"] = meta["metavar"] or f.name.split("_")[-1].upper()
+            kwargs["metavar"] = _metavar(f)
         if meta["nargs"]:
             kwargs["nargs"] = meta["nargs"]
         groups[meta["group"]].add_argument(flag, **kwargs)
     groups["target"].add_argument("--no-fast-path", dest="fast_path", action="store_false", default=argparse.SUPPRESS,
                                   help="use the plain functional forward everywhere (for checks and timings)")
-    _add_backend_flags(p)
+
+
+def _option_metavar(opt: Any) -> str:
+    if "second" in opt.help:
+        return "SECONDS"
+    if opt.type is int:
+        return "N"
+    if opt.type is float:
+        return "X"
+    return opt.key.split("_")[-1].upper()
 
 
 def _add_backend_flags(p: argparse.ArgumentParser) -> None:
@@ -88,12 +111,14 @@ def _add_backend_flags(p: argparse.ArgumentParser) -> None:
         options = [o for o in backends.backend_class(name).options if not o.secret and o.name not in seen]
         if not options:
             continue
-        group = p.add_argument_group(f"backend {name}")
+        group = p.add_argument_group(f"backend {name} (with --backend {name})")
         for opt in options:
             seen.add(opt.name)
-            kind = {"choices": opt.choices} if opt.choices else {"metavar": opt.key.split("_")[-1].upper()}
+            # An option whose default is None explains what "unset" means in its own help.
+            default = "" if opt.default is None else f" (default: {opt.default})"
+            kind = {"choices": opt.choices} if opt.choices else {"metavar": _option_metavar(opt)}
             group.add_argument(f"--{opt.name}", dest=BACKEND_OPTION + opt.key, type=opt.type,
-                               default=argparse.SUPPRESS, help=f"{opt.help} (default: {opt.default})", **kind)
+                               default=argparse.SUPPRESS, help=opt.help + default, **kind)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

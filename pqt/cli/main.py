@@ -8,6 +8,7 @@ Perceval), and ``evaluate`` / ``predict`` never import Perceval: a trained netwo
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -65,9 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"pqt: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("pqt: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        from pqt.interrupts import Terminated
+
+        print(f"pqt: {'terminated (SIGTERM)' if isinstance(e, Terminated) else 'interrupted'}", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    except BrokenPipeError:  # `pqt ... | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

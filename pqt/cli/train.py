@@ -20,11 +20,23 @@ RESUME_CHANGEABLE = {"adam_lr", "phase_lr", "rounds", "max_shots", "threads", "d
                      "backend_options.job_timeout", "backend_options.poll_interval",
                      "backend_options.request_timeout"}
 
+TRAIN_EXAMPLES = """examples:
+  a quick check (2 short rounds):
+    pqt train --rounds 2 --adam-epochs 1 --cobyla-maxiter 50 --out runs/check
+  the paper's protocol (200 rounds, 10,000 shots per circuit evaluation):
+    pqt train --bond-dim 4 --out runs/chi4
+  continue a stopped run (Ctrl-C, kill, a crash):
+    pqt train --resume runs/chi4"""
+
 
 def add_train_parsers(sub: Any) -> None:
     p = sub.add_parser("train", help="train a network with Quantum-Train (photonic or gate-based)",
-                       description="Train a target network whose weights a quantum circuit generates. Every flag "
-                                   "is also a key of the --config file; flags override it.")
+                       usage="%(prog)s [--FLAG VALUE ...] [--out DIR | --resume DIR] [--dry-run]",
+                       description="Train a target network whose weights a quantum circuit generates.\n"
+                                   "Every flag is also a key of the --config file (flags override it).\n"
+                                   "A run writes config.json, provenance.json, metrics.json, checkpoint.pt,\n"
+                                   "model.pt and train.log in --out.",
+                       epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_flags(p)
     out = p.add_argument_group("output")
     out.add_argument("--out", metavar="DIR", help="output directory (default: runs/<timestamp>)")
@@ -34,11 +46,13 @@ def add_train_parsers(sub: Any) -> None:
     out.add_argument("--dry-run", action="store_true", help="print the jobs and shots the run needs, then stop")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("plan", help="circuit evaluations, cloud jobs and shots a configuration needs")
+    p = sub.add_parser("plan", help="circuit evaluations, cloud jobs and shots a configuration needs",
+                       usage="%(prog)s [--FLAG VALUE ...]  (the flags of pqt train)")
     add_config_flags(p)
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("params", help="parameter accounting for a configuration (no data, no training)")
+    p = sub.add_parser("params", help="parameter accounting for a configuration (no data, no training)",
+                       usage="%(prog)s [--bond-dims CHI ... | --block-counts L ...] [--json] [--FLAG VALUE ...]")
     add_config_flags(p)
     extra = p.add_argument_group("table")
     extra.add_argument("--bond-dims", type=int, nargs="+", metavar="CHI", help="several bond dimensions, a row each")
@@ -113,6 +127,13 @@ def recorded_config(out: Path, prefer_checkpoint: bool = False) -> dict[str, Any
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from pqt.interrupts import sigterm_as_interrupt
+
+    with sigterm_as_interrupt():  # `kill` stops a run as Ctrl-C does: message, status "interrupted", rounds kept
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
     from pqt.training import run_files
     from pqt.training.accounting import plan_run
 
@@ -132,51 +153,91 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.resume and (out / run_files.CHECKPOINT).exists():
         raise UserError(f"{out} already holds a run; continue it with 'pqt train --resume {out}' or choose "
                         "another --out")
-    from pqt.interrupts import restore_sigint
+    from pqt.interrupts import Terminated, restore_sigint
+    from pqt.training import provenance
+    from pqt.training.progress import RunProgress
     from pqt.training.trainer import Trainer
 
-    trainer = Trainer(config, out, log=lambda line: log(out, line))
+    progress = RunProgress(show_rounds=True)
+
+    def say(line: str) -> None:  # console and train.log
+        progress.write(line)
+        if out.is_dir():
+            run_files.append_log(out / run_files.LOG, line)
+
+    # The trainer's detailed round lines go to train.log only; the console gets the short ones (progress).
+    trainer = Trainer(config, out, log=lambda line: run_files.append_log(out / run_files.LOG, line),
+                      progress=progress)
     restore_sigint()  # backends may load more native code; Ctrl-C must stay a KeyboardInterrupt
+    busy = busy_machine_note(config.threads)  # after every check: a refused run still gets one line
+    if busy:
+        print(busy, file=sys.stderr)
     if args.resume:
         trainer.load()
         if changes:
             trainer.record_resume_changes(changes)
+        provenance.record(out, config.dataset, config.data_dir, config.threads, config.device, "resume")
         note = "; changed: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()) if changes else ""
-        log(out, f"resuming {out} after round {trainer.state.round} of {config.rounds}{note}")
+        say(f"resuming {out} after round {trainer.state.round} of {config.rounds}{note}")
     else:
         out.mkdir(parents=True, exist_ok=True)
         run_files.write_json(out / run_files.CONFIG, config.to_dict())
+        provenance.record(out, config.dataset, config.data_dir, config.threads, config.device, "start")
         trainer.save()  # a round-0 checkpoint: even a run killed in its first round can be resumed
         r = trainer.report
-        log(out, f"pqt train -> {out} | {config.dataset} {len(trainer.train_set)}/{len(trainer.test_set)} | "
-                 f"{trainer.method.describe()['kind']} generator, {config.mapper_kind} mapper | "
-                 f"backend {config.backend} shots {config.shots or 'exact'} | "
-                 f"trainable {r['trainable_parameters']} (mapper {r['mapper_parameters']} + circuits "
-                 f"{r['circuit_parameters']}) for {r['target_parameters']} weights")
+        say(f"pqt train -> {out} | {config.dataset} {len(trainer.train_set)}/{len(trainer.test_set)} | "
+            f"{trainer.method.describe()['kind']} generator, {config.mapper_kind} mapper | "
+            f"backend {config.backend} shots {config.shots or 'exact'} | "
+            f"trainable {r['trainable_parameters']} (mapper {r['mapper_parameters']} + circuits "
+            f"{r['circuit_parameters']}) for {r['target_parameters']} weights")
     try:
         metrics = trainer.run()
-    except KeyboardInterrupt:
-        print(f"pqt: interrupted; {trainer.state.round} finished round(s) are kept in {out}; "
-              f"continue with 'pqt train --resume {out}'", file=sys.stderr)
-        return 130
-    log(out, f"done: test accuracy {100 * metrics['test_accuracy']:.2f}% after {metrics['rounds_completed']} "
-             f"rounds in {metrics['wall_seconds']:.0f}s; metrics in {out / run_files.METRICS}, model in "
-             f"{out / run_files.MODEL}")
+    except KeyboardInterrupt as e:
+        why = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        message = (f"{why}; {trainer.state.round} finished round(s) are kept in {out}; continue with "
+                   f"'pqt train --resume {out}'")
+        run_files.append_log(out / run_files.LOG, message)
+        print(f"pqt: {message}", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    say(f"done: test accuracy {100 * metrics['test_accuracy']:.2f}% after {metrics['rounds_completed']} rounds in "
+        f"{metrics['wall_seconds']:.0f}s; metrics in {out / run_files.METRICS}, model in {out / run_files.MODEL}, "
+        f"per-round details in {out / run_files.LOG}")
     return 0
 
 
-def log(out: Path, line: str) -> None:
-    from pqt.training import run_files
+def busy_machine_note(threads: int | None) -> str | None:
+    """A hint when torch would take every core of a machine other jobs already keep busy.
 
-    print(line, flush=True)
-    if out.is_dir():
-        run_files.append_log(out / run_files.LOG, line)
+    Measured here (2 cores, load average ~8), training time of the two-round check: 15 s with --threads 1,
+    23 s with torch's default of one thread per core and OpenMP's passive wait policy (pqt's default),
+    101 s with spinning threads (OMP_WAIT_POLICY=ACTIVE, libgomp's default, 190 s in an earlier run).
+    The default stays one thread per core, which is faster on a quiet machine, and does not follow the
+    load: the thread count changes results, so the same command must not depend on what else runs.
+    """
+    import os
+
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return None
+    if threads is not None or cores < 2 or load < cores:
+        return None
+    spinning = os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE"
+    return (f"pqt: note: this machine is busy (load average {load:.1f} on {cores} cores); --threads 1 is often "
+            + ("several times faster than torch's default of one thread per core here (OMP_WAIT_POLICY is not "
+               "PASSIVE)" if spinning else "faster than torch's default of one thread per core here"))
 
 
 def print_plan(plan: dict[str, Any]) -> None:
     print(f"rounds: {plan['rounds']}")
-    print(f"circuit evaluations: {plan['circuit_evaluations_per_round']:,} per round, "
-          f"{plan['circuit_evaluations_total']:,} in total (upper bound: COBYLA may stop early)")
+    if plan.get("simulated_circuits_per_adam_step"):
+        n = plan["simulated_circuits_per_adam_step"]
+        print(f"circuit evaluations: none on the backend; the trainer simulates {n} circuits exactly per Adam "
+              f"step and {n} after each round (exact-gradient)")
+    else:
+        print(f"circuit evaluations: {plan['circuit_evaluations_per_round']:,} per round, "
+              f"{plan['circuit_evaluations_total']:,} in total (upper bound: COBYLA may stop early)")
     print(f"cloud jobs: {plan['jobs_per_round']:,} per round, {plan['jobs_total']:,} in total")
     print(f"shots: {plan['shots_per_round']:,} per round, {plan['shots_total']:,} in total")
     if plan["max_shots"] is not None:

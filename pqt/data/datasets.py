@@ -1,5 +1,5 @@
 """Datasets of 10 classes: MNIST, Fashion-MNIST, the Perceval Quest CSVs, the offline "partial MNIST"
-protocol (28x28 grayscale) and CIFAR-10 (32x32 colour), plus loaders for `pqt predict` inputs.
+protocol (28x28 grayscale) and CIFAR-10 (32x32 colour). (`pqt predict`'s image files: :mod:`pqt.data.images`.)
 
 Every image tensor is float32 (N, C, H, W) with pixels in [0, 1] (uint8 / 255, no normalisation);
 every label tensor is int64 (N,). Bad or missing input raises :class:`pqt.errors.UserError`.
@@ -22,6 +22,14 @@ import torch
 from pqt.errors import UserError
 
 DATASETS = ("mnist", "fashion-mnist", "perceval-quest", "partial-mnist", "cifar-10")
+_FASHION_CLASSES = ("T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                    "ankle boot")
+_CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def class_names(name: str) -> tuple[str, ...] | None:
+    """What labels 0-9 mean for a dataset (None for the digit datasets: the label is the digit)."""
+    return {"fashion-mnist": _FASHION_CLASSES, "cifar-10": _CIFAR_CLASSES}.get(name)
 _INPUT_SHAPES = {"cifar-10": (3, 32, 32)}  # the others: (1, 28, 28)
 
 
@@ -49,7 +57,6 @@ _IDX_DTYPES = {
     0x0D: np.dtype(">f4"),
     0x0E: np.dtype(">f8"),
 }
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 @dataclass
@@ -370,7 +377,7 @@ def _load_partial_dataset(files: tuple[tuple[str, int, int], ...]) -> tuple[Data
     return train, test
 
 
-def _load_cifar(data_dir: Path | None) -> tuple[Dataset, Dataset]:
+def _locate_cifar(data_dir: Path | None) -> list[Path]:
     from pqt.data import cifar
 
     roots = [data_dir] if data_dir is not None else [_CACHE_DIR]
@@ -380,7 +387,7 @@ def _load_cifar(data_dir: Path | None) -> tuple[Dataset, Dataset]:
         raise UserError(f"dataset 'cifar-10': the python batches ({', '.join(cifar.TRAIN_FILES + cifar.TEST_FILES)}) "
                         f"were not found in {looked}; unpack cifar-10-python.tar.gz (torchvision's CIFAR10 download) "
                         f"there and {_HINT}")
-    return _load_cifar_folder(_stat_key(folder / n for n in cifar.TRAIN_FILES + cifar.TEST_FILES))
+    return [folder / n for n in cifar.TRAIN_FILES + cifar.TEST_FILES]
 
 
 @functools.lru_cache(maxsize=2)
@@ -398,16 +405,30 @@ def _require_dir(name: str, data_dir: Path, source: str) -> None:
         raise UserError(f"dataset {name!r}: data folder {data_dir} (from {source}) does not exist; {_HINT}")
 
 
-def load_dataset(
-    name: str, data_dir: str | os.PathLike | None = None, *, download: bool = True
-) -> tuple[Dataset, Dataset]:
-    """Load ``(train, test)`` for one of :data:`DATASETS` (results are cached in-process)."""
+@dataclass(frozen=True)
+class DataSource:
+    """Where a dataset's images come from: the data folder and how it was chosen, and the files read."""
+
+    name: str
+    folder: Path | None  # the data folder used (None: torchvision's cache or a system package)
+    folder_from: str  # "--data-dir", "PQT_DATA_DIR", "the shared/data default" or "download cache"
+    files: tuple[Path, ...]  # resolved paths, in the order the loader reads them
+
+
+def locate_dataset(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = True) -> DataSource:
+    """Find the files of one of :data:`DATASETS` (downloading MNIST / Fashion-MNIST when allowed)."""
     key = name.strip().lower() if isinstance(name, str) else name
     if key not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     explicit = data_dir is not None and str(data_dir) != ""
     resolved = resolve_data_dir(data_dir)
     source = "--data-dir" if explicit else ENV_VAR
+    if resolved is None and key in ("mnist", "fashion-mnist", "cifar-10"):
+        source = "download cache"
+
+    def found(files: Iterable[Path]) -> DataSource:
+        return DataSource(key, resolved.resolve() if resolved is not None else None, source,
+                          tuple(Path(f).resolve() for f in files))
 
     if key in ("mnist", "fashion-mnist"):
         dirs = _idx_search_dirs(key, resolved)
@@ -422,10 +443,10 @@ def load_dataset(
                 f"dataset {key!r}: the IDX files ({stems}) were not all found in one folder{why}; "
                 f"looked in: {_fmt_dirs(dirs)}; {_HINT}"
             )
-        return _load_idx_dataset(key, _stat_key(files))
+        return found(files)
 
     if key == "cifar-10":
-        return _load_cifar(resolved)
+        return found(_locate_cifar(resolved))
 
     if resolved is None:
         resolved = find_shared_data_dir()
@@ -439,14 +460,14 @@ def load_dataset(
 
     if key == "perceval-quest":
         dirs = [resolved, resolved / "perceval-quest"]
-        found = [_find_file(dirs, "train.csv"), _find_file(dirs, "val.csv")]
-        missing = [n for n, p in zip(("train.csv", "val.csv"), found, strict=True) if p is None]
+        quest = [_find_file(dirs, "train.csv"), _find_file(dirs, "val.csv")]
+        missing = [n for n, p in zip(("train.csv", "val.csv"), quest, strict=True) if p is None]
         if missing:
             raise UserError(
                 f"dataset 'perceval-quest': {' and '.join(missing)} not found; looked in: "
                 f"{_fmt_dirs(dirs)}; {_HINT}"
             )
-        return _load_quest_dataset(_stat_key(p for p in found if p is not None))
+        return found(p for p in quest if p is not None)
 
     # partial-mnist: data_dir holds mnist/ and perceval-quest/ (flat layouts accepted too).
     idx_dirs = [resolved / "mnist", resolved, resolved / "MNIST" / "raw"]
@@ -461,83 +482,22 @@ def load_dataset(
         problems.append(f"val.csv not found in {_fmt_dirs(csv_dirs)}")
     if problems or img is None or lab is None or val is None:
         raise UserError(f"dataset 'partial-mnist': {'; '.join(problems)}; {_HINT}")
-    return _load_partial_dataset(_stat_key((img, lab, val)))
+    return found((img, lab, val))
 
 
-# --------------------------------------------------------------------------- predict inputs
-
-
-def _array_to_images(arr: np.ndarray, path: Path) -> torch.Tensor:
-    """(28,28) / (N,28,28) / (N,1,28,28) uint8 or [0,1] floats -> (N,1,28,28) float32."""
-    if arr.ndim == 2:
-        arr = arr[None]
-    elif arr.ndim == 4 and arr.shape[1] == 1:
-        arr = arr[:, 0]
-    if arr.ndim != 3 or arr.shape[1:] != (_SIDE, _SIDE) or arr.shape[0] == 0:
-        raise UserError(f"{path} holds shape {arr.shape}; expected (28, 28) or (N, 28, 28) images")
-    if arr.dtype == np.uint8:
-        return _images_from_uint8(arr)
-    if np.issubdtype(arr.dtype, np.integer):
-        if arr.min() < 0 or arr.max() > 255:
-            raise UserError(f"{path} holds integers outside 0-255; save uint8 pixels or floats in [0, 1]")
-        return _images_from_uint8(arr.astype(np.uint8))
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.all((arr >= 0) & (arr <= 1)):
-            raise UserError(
-                f"{path} holds floats outside [0, 1] (or NaN); divide 0-255 pixels by 255 before saving"
-            )
-        return _images_from_unit(arr)
-    raise UserError(f"{path} holds {arr.dtype} values; save uint8 pixels or floats in [0, 1]")
-
-
-def _load_picture(path: Path) -> torch.Tensor:
-    from PIL import Image, UnidentifiedImageError  # lazy: only `pqt predict` on pictures needs PIL
-
-    try:
-        with Image.open(path) as im:
-            gray = im.convert("L")
-            if gray.size != (_SIDE, _SIDE):
-                # The model expects the digit filling a 28x28 frame (as in MNIST); a plain resize is the
-                # least surprising default (no cropping or inversion guesses).
-                gray = gray.resize((_SIDE, _SIDE), Image.Resampling.LANCZOS)
-            arr = np.asarray(gray, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"cannot read image {path} ({e}); give a valid PNG/JPEG file") from None
-    return _images_from_uint8(arr)
-
-
-def load_images(path: str | os.PathLike) -> torch.Tensor:
-    """Load images for prediction -> (N, 1, 28, 28) float32 in [0, 1].
-
-    Accepts a picture (.png/.jpg/..., converted to grayscale and resized to 28x28), a .npy array of
-    shape (28, 28) or (N, 28, 28) (uint8 or floats in [0, 1]), an IDX images file (raw or .gz), or a
-    Perceval Quest CSV (labels ignored).
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"input file not found: {path}; give a .png/.jpg, .npy, IDX or quest .csv file")
-    suffix = path.suffix.lower()
-    name = path.name.lower()
-    if suffix in _IMAGE_SUFFIXES:
-        return _load_picture(path)
-    if suffix == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise UserError(f"cannot read {path} as a .npy array ({e}); save it with numpy.save") from None
-        return _array_to_images(np.asarray(arr), path)
-    if suffix == ".csv":
-        images, _ = read_quest_csv(path)
-        return _images_from_unit(images)
-    if "idx" in name or "ubyte" in name or suffix == ".gz":
-        arr = read_idx(path)
-        if arr.dtype != np.uint8:
-            raise UserError(f"{path} holds {arr.dtype} values; expected an IDX file of uint8 images")
-        return _array_to_images(arr, path)
-    raise UserError(
-        f"unsupported input {path}; give a .png/.jpg picture, a .npy array, an IDX images file "
-        "or a quest .csv"
-    )
+def load_dataset(
+    name: str, data_dir: str | os.PathLike | None = None, *, download: bool = True
+) -> tuple[Dataset, Dataset]:
+    """Load ``(train, test)`` for one of :data:`DATASETS` (results are cached in-process)."""
+    source = locate_dataset(name, data_dir, download=download)
+    files = _stat_key(source.files)
+    if source.name in ("mnist", "fashion-mnist"):
+        return _load_idx_dataset(source.name, files)
+    if source.name == "cifar-10":
+        return _load_cifar_folder(files)
+    if source.name == "perceval-quest":
+        return _load_quest_dataset(files)
+    return _load_partial_dataset(files)
 
 
 def training_splits(name: str, data_dir: str | os.PathLike | None, train_limit: int | None = None,

@@ -42,6 +42,15 @@ class FixedSitesPlan:
     left_inverse: torch.Tensor  # (B,) row -> index into left_unique
     right_unique: torch.Tensor  # (U_r, n_right - 1) distinct right-half rows, last site excluded
     right_inverse: torch.Tensor  # (B,)
+    pair: torch.Tensor  # (B,) left_inverse * U_r + right_inverse: row b's (left, right) pair
+    pair_is_range: bool  # pair == arange(B): rows are read by a slice
+
+    @staticmethod
+    def build(left_unique: torch.Tensor, left_inverse: torch.Tensor, right_unique: torch.Tensor,
+              right_inverse: torch.Tensor) -> FixedSitesPlan:
+        pair = left_inverse * right_unique.shape[0] + right_inverse
+        is_range = bool(torch.equal(pair, torch.arange(pair.shape[0], device=pair.device)))
+        return FixedSitesPlan(left_unique, left_inverse, right_unique, right_inverse, pair, is_range)
 
 
 def mps_parameter_count(n_inputs: int, bond_dim: int) -> int:
@@ -90,29 +99,36 @@ class MPS(nn.Module):
             raise ValueError(f"fixed features must have {self.n_inputs - 1} columns")
         lu, li = _unique_rows(fixed[:, : self.n_left])
         ru, ri = _unique_rows(fixed[:, self.n_left :])
-        return FixedSitesPlan(lu, li, ru, ri)
+        return FixedSitesPlan.build(lu, li, ru, ri)
 
     def forward_planned(self, plan: FixedSitesPlan, last: torch.Tensor) -> torch.Tensor:
         """Same result as ``forward(cat([fixed, last[:, None]], 1))``, contracted per distinct row."""
         lu, ru = plan.left_unique, plan.right_unique
-        left = self._site_matrices(lu, self.left_cores, self.left_bias)
-        v = self._sweep_left(left, self.boundary.expand(lu.shape[0], -1)) @ self.output_core
-        # Right half: the fixed sites form one matrix per distinct row; the last site acts on e_0.
+        # unbind: one backward node for all sites (indexing site by site would zero-fill a gradient
+        # of the whole (U, sites, chi, chi) tensor per site).
+        v = self.boundary.expand(lu.shape[0], -1)
+        for site in self._site_matrices(lu, self.left_cores, self.left_bias).unbind(1):
+            v = torch.bmm(v.unsqueeze(1), site).squeeze(1)
+        v = v @ self.output_core  # (U_l, chi)
+        # The last site acts on e_0 affinely: A(x) e_0 = x * slope + offset, so every output is
+        # y = x * (v^T A_fixed slope) + (v^T A_fixed offset), with A_fixed the product of the right
+        # half's fixed sites: two (U_l x U_r) tables read per weight.
         n_fixed_right = ru.shape[1]
-        right = self._site_matrices(ru, self.right_cores[:n_fixed_right], self.right_bias)
-        chain = torch.eye(self.bond_dim, dtype=v.dtype, device=v.device).expand(ru.shape[0], -1, -1)
-        for s in range(n_fixed_right):
-            chain = torch.bmm(chain, right[:, s])
-        # The last site acts on e_0 affinely: A(x) e_0 = x * slope + offset. So every output is
-        # y = x * (v^T chain slope) + (v^T chain offset), two (U_l x U_r) tables gathered per weight.
         last_core = self.right_cores[n_fixed_right]  # (2, chi, chi)
         slope = last_core[0, :, 0] - last_core[1, :, 0]
         offset = last_core[1, :, 0] + self.right_bias[:, 0]
-        ends = torch.stack([slope, offset], dim=1)  # (chi, 2)
-        tables = torch.einsum("la,rab,bk->klr", v, chain, ends)  # (2, U_l, U_r)
-        pair = plan.left_inverse * ru.shape[0] + plan.right_inverse
-        flat = tables.reshape(2, -1)
-        return last * flat[0, pair] + flat[1, pair]
+        w = torch.stack([slope, offset], dim=1).expand(ru.shape[0], -1, -1)  # (U_r, chi, 2)
+        if n_fixed_right:
+            right = self._site_matrices(ru, self.right_cores[:n_fixed_right], self.right_bias)
+            for site in reversed(right.unbind(1)):  # matrix-times-(chi x 2), never matrix products
+                w = torch.bmm(site, w)
+        # Then ONE (U_l x chi) @ (chi x 2 U_r) GEMM: row l * U_r + r holds that pair's (slope, offset).
+        tables = (v @ w.permute(1, 0, 2).reshape(self.bond_dim, -1)).reshape(-1, 2)
+        # Weights in index order with the left half the high bits make pair k = k: a slice, whose
+        # backward is a copy, instead of a gather, whose backward is a scatter-add.
+        rows = tables[: last.shape[0]] if plan.pair_is_range else tables[plan.pair]
+        slopes, offsets = rows.unbind(1)
+        return last * slopes + offsets
 
     def _sweep_left(self, mats: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         for s in range(mats.shape[1]):
@@ -147,8 +163,12 @@ class MPSMapper(Mapper):
         super().__init__(n_weights, inputs)
         self.mps = MPS(self.n_features, bond_dim, init_std)
         plan = self.mps.plan_fixed(self.bits)
+        # Buffers, so .to(device) moves them. plan_pair is derived from the others and kept out of the
+        # state_dict, so checkpoints written before it existed still load.
         for name in ("left_unique", "left_inverse", "right_unique", "right_inverse"):
             self.register_buffer(f"plan_{name}", getattr(plan, name))
+        self.register_buffer("plan_pair", plan.pair, persistent=False)
+        self.plan_pair_is_range = plan.pair_is_range
 
     @property
     def bond_dim(self) -> int:
@@ -157,14 +177,17 @@ class MPSMapper(Mapper):
     @property
     def plan(self) -> FixedSitesPlan:
         return FixedSitesPlan(self.plan_left_unique, self.plan_left_inverse, self.plan_right_unique,
-                              self.plan_right_inverse)
+                              self.plan_right_inverse, self.plan_pair, self.plan_pair_is_range)
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
         return self.mps.forward_planned(self.plan, values.to(self.bits))
 
-    def reference_forward(self, values: torch.Tensor) -> torch.Tensor:
-        """Straightforward per-weight contraction (the paper's way); for tests and benchmarks."""
-        return self.mps(self.features(values))
+    def reference_forward(self, values: torch.Tensor, limit: int | None = None) -> torch.Tensor:
+        """Straightforward per-weight contraction (the paper's way); for tests and benchmarks.
+
+        ``limit``: only the first ``limit`` weights (a benchmark times a slice of a large target).
+        """
+        return self.mps(self.features(values)[:limit])
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "bond_dim": self.bond_dim}

@@ -37,7 +37,7 @@ from pqt.data import training_splits
 from pqt.errors import UserError
 from pqt.studies.baseline_config import BaselineConfig
 from pqt.targets import create_target, loss_and_accuracy, n_parameters
-from pqt.training import run_files
+from pqt.training import provenance, run_files
 
 _SHUFFLE_SALT, _MASK_SALT = 11, 12
 
@@ -278,4 +278,6 @@ def run_baseline(config: BaselineConfig, out_dir: str | Path, *, log: Callable[[
             f"{len(trainer.test_set)} | trainable {trainer.net.trainable_parameters()} of "
             f"{trainer.target_parameters} weights")
     run_files.write_json(out / run_files.CONFIG, config.to_dict())
+    provenance.record(out, config.dataset, config.data_dir, config.threads, config.device,
+                      "resume" if state == "resume" else "start")
     return trainer.run()

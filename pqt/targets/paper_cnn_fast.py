@@ -102,7 +102,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from pqt.targets.functional import functional_forward, unflatten
+from pqt.targets.functional import channels_last_applies, functional_forward, unflatten
 from pqt.targets.networks import ACTIVATIONS, PaperCNN
 
 # Parameter shapes the specialised path is written for (PaperCNN, in named_parameters order).
@@ -219,7 +219,8 @@ class FixedBatchLoss:
 
     ``loss = FixedBatchLoss(target, images, labels); loss(flat)`` equals
     ``plain_loss(target, flat, images, labels)`` up to float32 summation order.
-    ``fast`` tells whether the specialised PaperCNN path is used.
+    ``fast`` tells whether the specialised PaperCNN path is used, ``channels_last`` whether another
+    convolutional target gets its images in channels-last layout.
     """
 
     fast: bool
@@ -233,8 +234,12 @@ class FixedBatchLoss:
         self.fast = (enabled and _is_paper_cnn(target) and images.dim() == 4 and tuple(images.shape[1:]) == (1, 28, 28)
                      and images.shape[0] > 0 and images.device.type == "cpu")
         if not self.fast:
-            self.images = images.detach()
+            # Other convolutional targets: the same images in channels-last layout, once per batch.
+            self.channels_last = enabled and channels_last_applies(target, images)
+            self.images = (images.detach().contiguous(memory_format=torch.channels_last) if self.channels_last
+                           else images.detach())
             return
+        self.channels_last = False
         self.images = images.detach().to(torch.float32)
         act_name: str = target.activation  # type: ignore[assignment]
         self._act_name = act_name
@@ -519,8 +524,11 @@ def training_forward(target: nn.Module, flat_weights: torch.Tensor, images: torc
     functional_forward(target, flat_weights, images) (values AND gradients, to float32 rounding).
 
     PaperCNN on float32 CPU tensors takes the GEMM formulation described in the module docstring (first-order
-    gradients only); anything else is ``functional_forward`` itself.
+    gradients only); anything else is ``functional_forward`` itself, other convolutional targets on the CPU
+    with their images in channels-last layout (:func:`~pqt.targets.functional.channels_last_applies`).
     """
     if not (enabled and fast_path_applies(target, flat_weights, images)):
+        if enabled and channels_last_applies(target, images):
+            images = images.contiguous(memory_format=torch.channels_last)
         return functional_forward(target, flat_weights, images)
     return _PaperCNNForward.apply(flat_weights, images, target.activation)

@@ -58,7 +58,7 @@ def plan_run(config: TrainConfig) -> dict[str, Any]:
     import backends
 
     n_circuits = len(config.qnn_modes) if config.generator == "photonic" else 1
-    if config.phase_optimizer == "cobyla":
+    if config.phase_optimizer in ("cobyla", "nlopt-cobyla"):
         objective_calls = config.cobyla_maxiter
     elif config.phase_optimizer == "spsa":
         objective_calls = 2 * config.spsa_iterations
@@ -77,4 +77,6 @@ def plan_run(config: TrainConfig) -> dict[str, Any]:
         "jobs_per_round": jobs(per_round), "jobs_total": jobs(total_evals),
         "shots_per_round": per_round * per_call_shots, "shots_total": total_evals * per_call_shots,
         "max_shots": config.max_shots,
+        # exact-gradient simulates the circuits itself (recorded as circuit_evaluations after the run)
+        "simulated_circuits_per_adam_step": n_circuits if simulated and config.uses_circuit else 0,
     }

@@ -108,7 +108,8 @@ class TrainConfig:
     activation: str | None = setting(None, "activation of a built-in target", group="target",
                                      choices=("none", "relu", "tanh", "gelu"),
                                      default_text="the target's own: none for paper-cnn")
-    fast_path: bool = setting(True, "use the specialised paper-CNN paths on CPU (off: --no-fast-path)",
+    fast_path: bool = setting(True, "use the specialised paper-CNN paths, and channels-last images for other "
+                              "convolutional targets, on CPU (off: --no-fast-path)",
                               group="target", cli=False)
     # ---- training
     rounds: int = setting(200, "rounds (each: Adam epochs, then one phase-optimiser call)", group="training",
@@ -125,9 +126,11 @@ class TrainConfig:
     batch_size: int = setting(128, "Adam batch size", group="training", low=1)
     seed: int = setting(0, "random seed", group="training", low=0)
     # ---- circuit-parameter optimiser
-    phase_optimizer: str = setting("cobyla", "cobyla (paper), spsa, or exact-gradient (joint training by "
+    phase_optimizer: str = setting("cobyla", "cobyla (paper; scipy's), nlopt-cobyla (nlopt's compiled COBYLA, "
+                                   "optional: pip install nlopt), spsa, or exact-gradient (joint training by "
                                    "backpropagation through the exact simulation)", group="phase",
-                                   choices=("cobyla", "spsa", "exact-gradient"), label="phase optimizer")
+                                   choices=("cobyla", "nlopt-cobyla", "spsa", "exact-gradient"),
+                                   label="phase optimizer")
     phase_batch: int = setting(1000, "training images in the optimiser's objective (fixed per call)",
                                group="phase", low=1, metavar="N")
     cobyla_maxiter: int = setting(1000, "cobyla: objective evaluations per round", group="phase", low=1,

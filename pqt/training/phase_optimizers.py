@@ -1,7 +1,8 @@
 """Gradient-free optimizers for the photonic phases (the MPS is frozen meanwhile).
 
 Each takes an objective f(theta) -> float over the concatenated phases of all QNNs and returns
-the new phases. ``exact-gradient`` is not here: it trains the phases together with the MPS by
+the new phases: ``cobyla`` (scipy's, the paper's), ``nlopt-cobyla`` (nlopt's compiled COBYLA, optional)
+and ``spsa``. ``exact-gradient`` is not here: it trains the phases together with the MPS by
 backpropagation (see ``pqt.training.trainer``).
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize
@@ -18,7 +20,8 @@ from threadpoolctl import threadpool_limits
 from pqt.errors import UserError
 from pqt.training.config import TrainConfig
 
-PHASE_OPTIMIZERS = ("cobyla", "spsa", "exact-gradient")
+PHASE_OPTIMIZERS = ("cobyla", "nlopt-cobyla", "spsa", "exact-gradient")
+COBYLA_OPTIMIZERS = ("cobyla", "nlopt-cobyla")  # take --cobyla-maxiter and --cobyla-rhobeg
 
 Objective = Callable[[np.ndarray], float]
 
@@ -60,6 +63,44 @@ def run_cobyla(objective: Objective, x0: np.ndarray, config: TrainConfig) -> Pha
         minimize(tracked, x0, method="COBYLA", options={"maxiter": maxiter, "rhobeg": config.cobyla_rhobeg})
     # COBYLA's own result is its best feasible point; with no constraints that is best_x too.
     return PhaseStep(best_x, len(values), values[0], best_value)
+
+
+def run_nlopt_cobyla(objective: Objective, x0: np.ndarray, config: TrainConfig) -> PhaseStep:
+    """COBYLA from nlopt (LN_COBYLA, a compiled C port of Powell's code): same budget, same initial step.
+
+    Its iterates differ from scipy's (another port), so results do too; what it saves is scipy's
+    per-evaluation Python overhead. nlopt is an optional dependency (``pip install -e ".[nlopt]"``).
+    """
+    nlopt = import_nlopt()
+    values: list[float] = []
+    best_x, best_value = np.array(x0, dtype=np.float64), float("inf")
+
+    def tracked(x: np.ndarray, _grad: np.ndarray) -> float:
+        nonlocal best_x, best_value
+        values.append(objective(x))
+        if values[-1] < best_value:
+            best_x, best_value = np.array(x, dtype=np.float64), values[-1]
+        return values[-1]
+
+    opt = nlopt.opt(nlopt.LN_COBYLA, len(x0))
+    opt.set_min_objective(tracked)
+    opt.set_maxeval(config.cobyla_maxiter)  # honoured exactly, whatever the dimension
+    opt.set_initial_step(config.cobyla_rhobeg)
+    opt.set_xtol_abs(1e-4)  # scipy's default final trust radius (tol), so both stop alike before the budget
+    # Roundoff or a stalled trust region end the call early; the best point seen is kept either way.
+    with contextlib.suppress(nlopt.RoundoffLimited), threadpool_limits(1, user_api="blas"):
+        opt.optimize(np.asarray(x0, dtype=np.float64))
+    return PhaseStep(best_x, len(values), values[0], best_value)
+
+
+def import_nlopt() -> Any:
+    """The optional nlopt module, or one clear line saying how to install it."""
+    try:
+        import nlopt
+    except ImportError:
+        raise UserError('--phase-optimizer nlopt-cobyla needs the optional package nlopt: pip install -e ".[nlopt]" '
+                        "(or pip install nlopt), or use --phase-optimizer cobyla") from None
+    return nlopt
 
 
 def run_spsa(objective: Objective, x0: np.ndarray, config: TrainConfig,

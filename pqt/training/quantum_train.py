@@ -19,6 +19,7 @@ from torch import nn
 from pqt.distributions.sources import DistributionSource
 from pqt.generator import build_generator
 from pqt.targets import create_target, functional_forward, n_parameters, unflatten
+from pqt.targets.functional import channels_last_applies
 from pqt.targets.paper_cnn_fast import FixedBatchLoss, fast_path_applies, training_forward
 from pqt.training.accounting import parameter_report
 from pqt.training.config import TrainConfig
@@ -43,6 +44,7 @@ class QuantumTrainMethod(Method):
         probe = torch.zeros(1, *input_shape, device=device)
         self.fast_path = bool(config.fast_path and fast_path_applies(self.target, torch.zeros(self.n_weights,
                                                                                                 device=device), probe))
+        self.channels_last = bool(config.fast_path and not self.fast_path and channels_last_applies(self.target, probe))
 
     def module(self) -> nn.Module:
         return self.generator

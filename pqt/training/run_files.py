@@ -1,6 +1,7 @@
 """Files of a run directory, written atomically so an interrupted run never leaves half a file.
 
     config.json      the configuration as run
+    provenance.json  what produced it: data files (SHA-256), code version and commit, packages, threads
     checkpoint.pt    everything needed to resume after the last finished round
     model.pt         the generated network's state_dict (plain torch, no quantum software)
     metrics.json     the contract read by tools (see README), rewritten after every round
@@ -20,6 +21,7 @@ CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
 METRICS = "metrics.json"
 LOG = "train.log"
+PROVENANCE = "provenance.json"
 
 
 def _atomic_write(path: Path, write: Any) -> None:

@@ -23,7 +23,6 @@ with the same result as an uninterrupted run.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,17 +32,25 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import backends
 from backends.base import Backend
 from pqt.data import Dataset, training_splits
 from pqt.errors import UserError
 from pqt.targets import loss_and_accuracy
+from pqt.threads import thread_settings
 from pqt.training import run_files
 from pqt.training.config import TrainConfig
 from pqt.training.method import Method, Network
-from pqt.training.phase_optimizers import PhaseStep, run_cobyla, run_spsa
+from pqt.training.phase_optimizers import (
+    COBYLA_OPTIMIZERS,
+    PhaseStep,
+    import_nlopt,
+    run_cobyla,
+    run_nlopt_cobyla,
+    run_spsa,
+)
+from pqt.training.progress import RunProgress, format_round
 
 # Salts that keep the per-round random streams independent of one another.
 _SHUFFLE, _PHASE_BATCH, _SPSA = 1, 2, 3
@@ -87,13 +94,19 @@ def _check_finite(value: float, where: str, out_dir: Path, finished: int) -> Non
 
 
 class Trainer:
-    """Trains a :class:`Method` (Quantum-Train unless ``method`` is given) for ``config.rounds`` rounds."""
+    """Trains a :class:`Method` (Quantum-Train unless ``method`` is given) for ``config.rounds`` rounds.
+
+    ``log`` receives the detailed line of every round (``pqt train`` writes it to train.log);
+    ``progress`` draws the bars and the short console lines (default: stage bars only).
+    """
 
     def __init__(self, config: TrainConfig, out_dir: Path, log: Callable[[str], None] = print,
-                 method: Callable[[TrainConfig, tuple[int, ...], torch.device], Method] | None = None) -> None:
+                 method: Callable[[TrainConfig, tuple[int, ...], torch.device], Method] | None = None,
+                 progress: RunProgress | None = None) -> None:
         self.config = config.validate()
         self.out_dir = Path(out_dir)
         self.log = log
+        self.progress = progress or RunProgress(show_rounds=False)
         if config.threads:
             torch.set_num_threads(config.threads)
         self.device = _device(config.device)
@@ -102,6 +115,8 @@ class Trainer:
         self.backend: Backend = backends.create_backend(
             config.backend, shots=config.shots, seed=config.seed, max_shots=config.max_shots,
             run_dir=self.out_dir, options=config.backend_options)
+        if config.phase_optimizer == "nlopt-cobyla":
+            import_nlopt()  # an optional dependency: refuse before any work if it is missing
         self.joint = config.phase_optimizer == "exact-gradient"
         if self.joint and not self.backend.supports_exact_gradient:
             raise UserError(
@@ -189,7 +204,7 @@ class Trainer:
         """Circuits evaluated so far: by the backend, and simulated for joint training."""
         return self.backend.counters.evaluations + self.state.simulated_evaluations
 
-    def _adam_stage(self, r: int, progress: tqdm) -> float:
+    def _adam_stage(self, r: int, progress: Any) -> float:
         c, images, labels = self.config, self.train_set.images, self.train_set.labels
         joint_circuits = self.joint and self.config.uses_circuit
         per_step = self.method.fresh_distributions_per_step and not self.joint
@@ -267,8 +282,9 @@ class Trainer:
             return None  # the circuit parameters trained with the model in the Adam stage
         loss_on_batch = self.method.batch_objective(*batch)
         counter = iter(range(10**12))
-        bar = tqdm(total=c.cobyla_maxiter if c.phase_optimizer == "cobyla" else 2 * c.spsa_iterations,
-                   desc=f"round {r + 1} {c.phase_optimizer}", leave=False, disable=None, file=sys.stderr)
+        bar = self.progress.stage(f"round {r + 1} {c.phase_optimizer}",
+                                  c.cobyla_maxiter if c.phase_optimizer in COBYLA_OPTIMIZERS
+                                  else 2 * c.spsa_iterations)
 
         def objective(theta: np.ndarray) -> float:
             tag = f"r{r}/{c.phase_optimizer}/{next(counter)}"
@@ -281,6 +297,8 @@ class Trainer:
             x0 = np.concatenate(self.state.parameters)
             if c.phase_optimizer == "cobyla":
                 step = run_cobyla(objective, x0, c)
+            elif c.phase_optimizer == "nlopt-cobyla":
+                step = run_nlopt_cobyla(objective, x0, c)
             else:
                 step = run_spsa(objective, x0, c, _stream(c.seed, r, _SPSA))
         finally:
@@ -300,7 +318,7 @@ class Trainer:
         shots_before = self.backend.counters.shots_used
         evaluations_before = self.circuit_evaluations
         steps = c.adam_epochs * math.ceil(len(self.train_set) / c.batch_size)
-        with tqdm(total=steps, desc=f"round {r + 1} adam", leave=False, disable=None, file=sys.stderr) as bar:
+        with self.progress.stage(f"round {r + 1} adam", steps) as bar:
             adam_loss = self._adam_stage(r, bar)
         batch = None if self.joint else self._phase_batch(r)
         step = self._phase_stage(r, batch) if batch is not None else None
@@ -368,6 +386,8 @@ class Trainer:
             "backend_settings": self.backend.describe(),
             "phase_optimizer": c.phase_optimizer, "dataset": c.dataset,
             "fast_path": getattr(self.method, "fast_path", False),
+            "channels_last": getattr(self.method, "channels_last", False),
+            "threads": thread_settings(),
             "train_size": len(self.train_set), "test_size": len(self.test_set),
             "rounds_completed": s.round, "rounds_planned": c.rounds, "seed": c.seed,
             "wall_seconds": s.wall_seconds, "shots_used": counters.shots_used,
@@ -382,14 +402,17 @@ class Trainer:
         c = self.config
         status = "running"
         try:
+            self.progress.begin(self.state.round, c.rounds)
             for r in range(self.state.round, c.rounds):
                 entry = self.run_round(r)
                 self.log(format_round(entry, c.rounds))
+                self.progress.round_finished(entry, c.rounds)
             status = "finished"
         except (UserError, KeyboardInterrupt) as e:
             status = "interrupted" if isinstance(e, KeyboardInterrupt) else f"stopped: {e}"
             raise
         finally:
+            self.progress.close()
             if self.state.round:
                 run_files.write_json(self.out_dir / run_files.METRICS, self.metrics(status))
             self.backend.close()
@@ -404,20 +427,3 @@ def _device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: no CUDA GPU is available to torch here; use --device cpu")
     return device
-
-
-def format_round(e: dict[str, Any], rounds: int) -> str:
-    parts = [f"round {e['round']}/{rounds}", f"adam loss {e['adam_loss']:.4f}"]
-    if e["phase_objective_start"] is not None:
-        parts.append(f"phase obj {e['phase_objective_start']:.4f}->{e['phase_objective_end']:.4f} "
-                     f"({e['objective_evaluations']} evals)")
-    parts.append(f"train {e['train_loss']:.4f}/{100 * e['train_accuracy']:.2f}%")
-    if "validation_accuracy" in e:
-        parts.append(f"val {e['validation_loss']:.4f}/{100 * e['validation_accuracy']:.2f}%")
-    parts += [f"test {e['test_loss']:.4f}/{100 * e['test_accuracy']:.2f}%", f"shots {e['shots_used']:,}"]
-    if e["postselection_rate"] is not None and e["postselection_rate"] < 1:
-        parts.append(f"post-sel {100 * e['postselection_rate']:.1f}%")
-    if e["jobs_submitted"]:
-        parts.append(f"jobs {e['jobs_submitted']}")
-    parts.append(f"{e['seconds']:.1f}s")
-    return " | ".join(parts)

@@ -14,6 +14,7 @@ from typing import Any
 
 from pqt.errors import UserError
 from pqt.studies.sweep.aggregate import aggregate
+from pqt.studies.sweep.ray_executor import RayOptions
 from pqt.studies.sweep.runs import execute_run, fraction_done, inspect_run, read_error, write_error
 from pqt.studies.sweep.study_file import DEFAULT_OUT, DEFAULT_RESULTS, WORKER_LOG, RunSpec, Study
 
@@ -78,8 +79,12 @@ def _progress_bar(total: int, initial: int, desc: str) -> Any:
 
 
 def run_sweep(study: Study, out: str | Path = DEFAULT_OUT, jobs: int = 1, results: str | Path = DEFAULT_RESULTS,
-              show_progress: bool = True, print_fn: Callable[[str], None] = print) -> SweepOutcome:
-    """Execute the study's runs (skip finished, resume interrupted) and aggregate the results."""
+              show_progress: bool = True, print_fn: Callable[[str], None] = print,
+              ray: RayOptions | None = None) -> SweepOutcome:
+    """Execute the study's runs (skip finished, resume interrupted) and aggregate the results.
+
+    ``ray`` given, the runs are Ray tasks (:mod:`pqt.studies.sweep.ray_executor`) instead of local workers.
+    """
     if jobs < 1:
         raise UserError(f"--jobs must be >= 1 (got {jobs})")
     root = Path(out) / study.name
@@ -96,8 +101,10 @@ def run_sweep(study: Study, out: str | Path = DEFAULT_OUT, jobs: int = 1, result
             todo.append(run)
     jobs = max(1, min(jobs, len(todo)))
     threads = default_threads(jobs)
+    where = (f"Ray ({ray.address or 'local cluster'}), {ray.cpus_per_run:g} CPU(s) and {ray.gpus_per_run:g} GPU(s) "
+             "per run" if ray else f"{jobs} worker(s) x {threads} thread(s)")
     print_fn(f"study {study.name} ({study.kind}, protocol {study.protocol}): {len(study.runs)} runs in {root}; "
-             f"{len(outcome.skipped)} finished, {len(todo)} to run on {jobs} worker(s) x {threads} thread(s)")
+             f"{len(outcome.skipped)} finished, {len(todo)} to run on {where}")
     bar = _progress_bar(len(study.runs), len(outcome.skipped) + len(outcome.failed), study.name) \
         if show_progress and todo else None
     write = bar.write if bar is not None else print_fn
@@ -115,7 +122,11 @@ def run_sweep(study: Study, out: str | Path = DEFAULT_OUT, jobs: int = 1, result
             outcome.finished.append(name)
 
     try:
-        if jobs == 1:
+        if ray is not None:
+            from pqt.studies.sweep.ray_executor import run_on_ray
+
+            run_on_ray(study, root, todo, ray, bar, record)
+        elif jobs == 1:
             _run_in_process(study, root, todo, threads, bar, record)
         else:
             _run_in_workers(study, root, todo, jobs, threads, bar, record)

@@ -77,6 +77,7 @@ def read_error(run_dir: Path) -> str | None:
 
 def _run_qt(config: dict[str, Any], run_dir: Path, resume: bool, progress: Callable[[float], None]) -> None:
     from pqt.interrupts import restore_sigint
+    from pqt.training import provenance
     from pqt.training.config import TrainConfig
     from pqt.training.trainer import Trainer
 
@@ -98,6 +99,7 @@ def _run_qt(config: dict[str, Any], run_dir: Path, resume: bool, progress: Calla
         log(f"pqt sweep: starting {cfg.generator} generator, {cfg.mapper_kind} mapper, seed {cfg.seed} "
             f"({cfg.rounds} rounds)")
     run_files.write_json(run_dir / run_files.CONFIG, cfg.to_dict())
+    provenance.record(run_dir, cfg.dataset, cfg.data_dir, cfg.threads, cfg.device, "resume" if resume else "start")
     trainer.run()
 
 

@@ -30,7 +30,7 @@ DEFAULT_OUT = Path("experiments/runs")
 DEFAULT_RESULTS = Path("experiments/results")
 
 _STUDY_KEYS = {"name", "protocol", "description", "kind", "extends", "base", "grid", "report"}
-_REPORT_KEYS = {"group_by", "metrics", "std"}
+_REPORT_KEYS = {"group_by", "metrics", "std", "compare", "reference", "compare_metric"}
 # Settings a run may change between start and resume: the length of the run (and its shot budget) ...
 EXTENDABLE = {"qt": ("rounds", "max_shots"), "baseline": ("epochs",)}
 # ... and where / how fast it runs, which does not change what it computes.
@@ -60,6 +60,11 @@ class Study:
     group_by: list[str]
     metrics: list[str]
     std: str = "population"
+    # Welch's t-test of compare_metric between each value of the group key `compare` and its `reference` value,
+    # within groups equal on the other group keys (e.g. each ablation source against "photonic" at each chi)
+    compare: str | None = None
+    reference: Any = None
+    compare_metric: str = "test_accuracy"
     description: str = ""
     path: Path | None = None
     runs: list[RunSpec] = field(default_factory=list)
@@ -78,7 +83,7 @@ def config_class(kind: str) -> Any:
 
         return TrainConfig
     if kind == "baseline":
-        from pqt.studies.baselines import BaselineConfig
+        from pqt.studies.baseline_config import BaselineConfig  # the settings only: no torch
 
         return BaselineConfig
     raise UserError(f"unknown study kind {kind!r}: choose one of {', '.join(KINDS)}")
@@ -224,6 +229,12 @@ def load_study(path: str | Path, overrides: Iterable[str] = ()) -> Study:
                   metrics=list(report.get("metrics", DEFAULT_METRICS)), std=std,
                   description=str(data.get("description", "")).strip(), path=path)
     study.group_by = list(report.get("group_by", [k for k in study.grid_keys if k != "seed"]))
+    if "compare" in report:
+        study.compare, study.reference = report["compare"], report.get("reference")
+        study.compare_metric = report.get("compare_metric", "test_accuracy")
+        if study.compare not in study.group_by or study.reference is None:
+            raise UserError(f"{path}: report.compare must be one of the group_by keys ({', '.join(study.group_by)}) "
+                            "and report.reference one of its values")
     study.runs = expand(study)
     defaults = config_class(kind)().to_dict()
     for key in study.group_by:
