@@ -271,11 +271,16 @@ def test_joint_training_with_phase_noise_is_refused(tiny_config, make_trainer, t
     assert "\n" not in str(info.value)
 
 
-def test_bench_section_times_every_knob_on_both_paths(monkeypatch, capsys) -> None:
+def test_bench_section_times_every_knob_on_both_paths(monkeypatch, tmp_path, capsys) -> None:
     import pqt.bench as bench
     import pqt.bench.noisy as section
+    from pqt.bench import peers
 
     assert bench.SECTIONS["noisy"] == "pqt.bench.noisy"
+    # MerLin absent here (its own test below): the section says so instead of failing
+    monkeypatch.setattr(peers.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setenv("PQT_PEER_VENVS", str(tmp_path))
+    monkeypatch.delenv("PQT_MERLIN_PYTHON", raising=False)
     # The cheap knobs only (Perceval's path takes seconds with g2); the real section has them all.
     monkeypatch.setattr(section, "KNOBS", {"indistinguishability 0.9": {"indistinguishability": 0.9},
                                            "phase error 0.01": {"phase_error": 0.01}})
@@ -285,6 +290,32 @@ def test_bench_section_times_every_knob_on_both_paths(monkeypatch, capsys) -> No
         assert row["max_abs_diff"] < 1e-10 and row["fast_ms"] > 0 and row["perceval_ms"] > 0
         assert row["ratio_to_ideal"] == pytest.approx(row["fast_ms"] / r["ideal_ms"])
     assert r["worst_ratio_to_ideal"] == max(row["ratio_to_ideal"] for row in r["knobs"].values())
+    assert "not installed" in r["merlin"]["skipped"]
     section.table(r)
     out = capsys.readouterr().out
-    assert "phase error 0.01" in out and "MerLin:" in out
+    assert "phase error 0.01" in out and "MerLin: merlin not installed" in out
+
+
+@pytest.mark.slow
+def test_merlin_noisy_slos_equals_the_fast_path_when_merlin_is_there() -> None:
+    """MerLin's noisy SLOS (its own venv, as pqt bench finds it) gives our N-click probabilities (~10 s)."""
+    from pqt.bench.peers import peer_python, run_peer
+
+    python = peer_python("merlin", "merlin")
+    if python is None:
+        pytest.skip("merlinquantum not installed (no venv either)")
+    qnn = PhotonicQNN(4, 2)
+    phases = qnn.random_parameters(np.random.default_rng(2))
+    # MerLin 0.4.1 agrees with Perceval on g2 only with partial distinguishability and brightness 1 (see the
+    # README's Speed section): g2 is compared there.
+    settings = [{"indistinguishability": 0.7, "transmittance": 0.8, "brightness": 0.9},
+                {"indistinguishability": 0.9, "transmittance": 0.8, "g2": 0.05}]
+    spec: dict[str, Any] = {"modes": [4], "photons": [2], "labels": ["a", "b"], "repeats": 1, "threads": 1,
+                            "phases_0": phases}
+    for k, noise in enumerate(settings):
+        spec[f"names_{k}"], spec[f"values_{k}"] = list(noise), list(noise.values())
+    peer = run_peer("merlin_noisy", python, spec)
+    for k, noise in enumerate(settings):
+        ours = create_backend("noisy", None, options=noise).click_probabilities(qnn, phases)[0]
+        np.testing.assert_allclose(peer[f"{k}_4_2_patterns"], ours, rtol=0, atol=1e-10)
+        assert peer[f"{k}_ours_ms"] > 0 and peer[f"{k}_peer_ms"] > 0
