@@ -523,7 +523,7 @@ class _Figures:
                        fontsize=8, frameon=False)
         fig.suptitle(_wrap(f"Noisy backend at χ = 4: test accuracy, and the post-selection rate (share of shots in "
                            f"which all N detectors click), each knob with the others ideal\n"
-                           f"{self.protocol('noise', rows)}; {seeds_text(ns)}", 120), fontsize=9)
+                           f"{self.protocol('noise', rows)}; {seeds_text(ns)}", 170), fontsize=9)
         fig.tight_layout()
         self.save(fig, "noise.png")
 
