@@ -20,6 +20,7 @@ import numpy as np
 from pqt.errors import UserError
 
 if TYPE_CHECKING:
+    from pqt.circuits.base import Circuit
     from pqt.circuits.photonic import PhotonicQNN
 
 
@@ -46,6 +47,7 @@ class Option:
     high: float | None = None
     low_open: bool = False
     high_open: bool = False
+    choices: tuple[str, ...] | None = None  # the allowed values, when there is a fixed list
 
     @property
     def key(self) -> str:
@@ -53,8 +55,8 @@ class Option:
 
     def metadata(self) -> dict[str, Any]:
         """The option as a setting's metadata (:func:`pqt.training.config.check_value` reads it)."""
-        return {"help": self.help, "flag": f"--{self.name}", "choices": None, "low": self.low, "high": self.high,
-                "low_open": self.low_open, "high_open": self.high_open, "hint": "",
+        return {"help": self.help, "flag": f"--{self.name}", "choices": self.choices, "low": self.low,
+                "high": self.high, "low_open": self.low_open, "high_open": self.high_open, "hint": "",
                 "label": self.name.replace("-", " ")}
 
 
@@ -112,8 +114,28 @@ class Backend(abc.ABC):
 
     @property
     def supports_exact_gradient(self) -> bool:
-        """Whether phases may be trained by backpropagating through an exact ideal simulation."""
-        return self.exact and self.ideal
+        """Whether phases may be trained by backpropagating through :meth:`torch_distribution`."""
+        return self.exact_gradient_obstacle is None
+
+    @property
+    def exact_gradient_obstacle(self) -> str | None:
+        """Why this backend cannot give differentiable exact distributions (None when it can)."""
+        if not self.exact:
+            return "shots are sampled (use --shots exact)"
+        if not self.ideal:
+            return f"backend {self.name!r} has no differentiable simulation"
+        return None
+
+    def torch_distribution(self, circuit: Circuit, parameters: Any) -> Any:
+        """The exact distribution this backend gives ``circuit``, differentiable in ``parameters``.
+
+        For joint training (``exact-gradient``): ``parameters`` is a float64 torch tensor. The ideal
+        simulation here; a backend with a differentiable noise model overrides it.
+        """
+        obstacle = self.exact_gradient_obstacle
+        if obstacle is not None:
+            raise UserError(f"backend {self.name!r} cannot give differentiable distributions: {obstacle}")
+        return circuit.torch_distribution(parameters)
 
     def reseed(self, *key: int) -> None:
         """Restart the sampling stream from (seed, *key): a resumed round replays the same shots."""

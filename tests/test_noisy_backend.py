@@ -63,6 +63,8 @@ def exact(qnn: PhotonicQNN, phases: np.ndarray, **noise: float) -> tuple[np.ndar
     backend = create_backend("noisy", None, options=noise)
     (ev,) = backend.evaluate([qnn], [phases])
     assert ev.shots_sent == ev.shots_kept == 0
+    # The physics checks run on the default, fast path (Perceval's pruned simulation when a precision is set).
+    assert backend.describe()["simulation"] == ("perceval" if noise.get("simulation_precision") else "fast")
     extra = backend.counters.extra
     return ev.probs, extra["last_n_click_probability"], extra["last_postselection_probability"]
 
@@ -96,11 +98,18 @@ def test_defaults_are_perceval_defaults_and_ideal() -> None:
     backend = NoisyBackend(shots=None)
     assert backend.noise == pcvl.NoiseModel()
     assert backend.ideal and backend.supports_exact_gradient
+    # Source and loss noise is differentiable on the fast path (joint training); phase noise, shots and
+    # Perceval's simulation are not.
     noisy = NoisyBackend(shots=None, transmittance=0.9)
-    assert not noisy.ideal and not noisy.supports_exact_gradient
+    assert not noisy.ideal and noisy.supports_exact_gradient
+    for refused in ({"phase_error": 0.1}, {"phase_imprecision": 0.1},
+                    {"transmittance": 0.9, "noise_simulation": "perceval"},
+                    {"transmittance": 0.9, "simulation_precision": 1e-9}):
+        assert not NoisyBackend(shots=None, **refused).supports_exact_gradient
+    assert not NoisyBackend(shots=100, transmittance=0.9).supports_exact_gradient
     assert [o.name for o in NoisyBackend.options] == [
         "indistinguishability", "transmittance", "brightness", "g2", "phase-imprecision", "phase-error",
-        "simulation-precision"]
+        "simulation-precision", "noise-simulation"]
     assert NoisyBackend(shots=None).settings["simulation_precision"] == 0.0  # exact by default
 
 
@@ -308,11 +317,22 @@ def test_bad_values_raise_one_line_user_errors(key: str, value: object) -> None:
 
 
 def test_edge_values_are_accepted() -> None:
+    # g2 = 1 is accepted at brightness 0.5; Perceval's source model needs brightness x g2 <= 0.5.
     backend = create_backend("noisy", None, options={
-        "indistinguishability": 0.0, "transmittance": 1.0, "brightness": 1.0, "g2": 1.0,
+        "indistinguishability": 0.0, "transmittance": 1.0, "brightness": 0.5, "g2": 1.0,
         "phase_imprecision": 0.0, "phase_error": math.pi})
     assert backend.settings["phase_error"] == math.pi
+    assert create_backend("noisy", None, options={"g2": 0.5}).settings["g2"] == 0.5
     assert create_backend("noisy", None, options={"transmittance": "0.5"}).settings["transmittance"] == 0.5
+
+
+def test_g2_beyond_the_source_model_is_one_user_error() -> None:
+    # Perceval itself cannot build that source (it raised a ValueError at the first evaluation).
+    with pytest.raises(ValueError, match="0.5"):
+        pcvl.Source(emission_probability=1.0, multiphoton_component=0.6)
+    with pytest.raises(UserError, match="--g2 0.6 with --brightness 1: .*<= 0.5") as info:
+        create_backend("noisy", None, options={"g2": 0.6})
+    assert "\n" not in str(info.value)
 
 
 def test_simulation_precision_trades_exactness_for_speed(qnn53) -> None:

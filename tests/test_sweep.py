@@ -354,6 +354,10 @@ def test_figures_from_result_files_and_skips(tmp_path: Path) -> None:
          "status": status, "round": r, "test_accuracy": 0.5 + 0.1 * r}
         for d, status, last in (("photonic", "finished", 3), ("constant", "interrupted", 2))
         for r in range(1, last + 1)])
+    # The noisy full-protocol run; its figure also needs table3_paper's curves, missing here.
+    _write(res / "noise_paper_curves.csv", [
+        {**p, "group": "backend_options.g2=0.01", "seed": 0, "status": "running", "round": r, "test_accuracy": 0.8,
+         "train_accuracy": 0.85} for r in (1, 2)])
     lines: list[str] = []
     written = make_figures(res, tmp_path / "figs", log=lines.append)
     assert sorted(p.name for p in written) == sorted([
@@ -361,7 +365,12 @@ def test_figures_from_result_files_and_skips(tmp_path: Path) -> None:
         "ablation_paper_curves.png", "shots.png", "noise.png", "optimizers.png"])
     assert all(p.stat().st_size > 1000 for p in written)
     skipped = [line for line in lines if line.startswith("skipped")]
-    assert len(skipped) == 3 and all("table3_paper" in line and "not found" in line for line in skipped)
+    assert len(skipped) == 4 and all("table3_paper" in line and "not found" in line for line in skipped)
+    # With the ideal curves there, the noisy run is drawn against them.
+    _write(res / "table3_paper_curves.csv", [
+        {**p, "group": f"bond_dim={c}", "bond_dim": c, "seed": 0, "status": "finished", "round": r,
+         "test_accuracy": 0.9, "train_accuracy": 0.95} for c in (4, 10) for r in (1, 2, 3)])
+    assert "noise_paper_curves.png" in [p.name for p in make_figures(res, tmp_path / "figs", log=lines.append)]
 
 
 def test_figures_say_protocol_seeds_and_counts_from_anywhere_in_the_checkout(tmp_path: Path, monkeypatch) -> None:
@@ -446,6 +455,21 @@ bond_dim = [1]
     metrics = run_files.read_json(tmp_path / "runs" / "tiny" / good / run_files.METRICS)
     assert metrics["status"] == "finished" and metrics["shots"] == 100
     assert [r["status"] for r in read_csv(tmp_path / "results" / "tiny.csv")] == ["finished", "failed"]
+
+
+def test_noise_figure_lines_take_one_knob_at_a_time() -> None:
+    from pqt.studies.figures import noise_lines
+
+    ind, tr, g2 = "backend_options.indistinguishability", "backend_options.transmittance", "backend_options.g2"
+    rows = [{ind: "1.0", tr: "1.0", g2: "0.0"}, {ind: "0.8", tr: "1.0", g2: "0.0"}, {ind: "1.0", tr: "0.5", g2: "0.0"},
+            {ind: "1.0", tr: "1.0", g2: "0.05"}, {ind: "0.9", tr: "0.8", g2: "0.01"},
+            {ind: "0.6", tr: "1.0"}]  # a table written before g2 was a column: g2 at its ideal value
+    lines, together = noise_lines(rows)
+    assert [r[ind] for r in lines[ind]] == ["0.6", "0.8", "1.0"]
+    assert [r[tr] for r in lines[tr]] == ["0.5", "1.0"]
+    assert [r[g2] for r in lines[g2]] == ["0.0", "0.05"]
+    assert lines["backend_options.phase_error"] == [rows[0]]  # only the ideal point
+    assert together == [rows[4]]
 
 
 def test_welch_tests_in_the_aggregation(tmp_path: Path) -> None:

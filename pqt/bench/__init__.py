@@ -23,6 +23,7 @@ SECTIONS = {
     "pennylane": "pqt.bench.pennylane",
     "cobyla": "pqt.bench.cobyla",
     "threads": "pqt.bench.threads",
+    "noisy": "pqt.bench.noisy",
 }
 
 

@@ -193,7 +193,59 @@ def pennylane(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-DRIVERS = {"merlin": merlin, "pennylane": pennylane}
+def merlin_noisy(spec: dict[str, Any]) -> dict[str, Any]:
+    """MerLin's noisy SLOS (a QuantumLayer on a Perceval Experiment with a NoiseModel and threshold
+    detectors) against pqt's fast noisy path, both paper QNNs, one noise setting per ``knob_<i>``.
+
+    Returns per setting each side's median time for one exact evaluation of both QNNs and MerLin's
+    probabilities of the N-click patterns (per source pulse, in ``qnn.outcomes`` order).
+    """
+    import merlin as ml
+    import perceval as pcvl
+    import torch
+
+    from backends import create_backend
+    from pqt.circuits.photonic import PhotonicQNN
+
+    torch.set_num_threads(int(spec["threads"]))
+    qnns = [PhotonicQNN(int(m), int(n)) for m, n in zip(spec["modes"], spec["photons"], strict=True)]
+    phases = [np.asarray(spec[f"phases_{i}"]) for i in range(len(qnns))]
+    out: dict[str, Any] = {"version": getattr(ml, "__version__", "?"), "torch": torch.__version__,
+                           "threads": torch.get_num_threads()}
+    for k, label in enumerate(spec["labels"]):
+        noise = {str(name): float(value) for name, value in zip(spec[f"names_{k}"], spec[f"values_{k}"], strict=True)}
+        layers = []
+        for qnn, ph in zip(qnns, phases, strict=True):
+            experiment = pcvl.Experiment(qnn.circuit)
+            for mode in range(qnn.modes):
+                experiment.add(mode, pcvl.Detector.threshold())
+            experiment.noise = pcvl.NoiseModel(**noise)
+            experiment.with_input(qnn.input_state)
+            layer = ml.QuantumLayer(experiment=experiment, trainable_parameters=["phi"],
+                                    measurement_strategy=ml.MeasurementStrategy.probs(ml.ComputationSpace.FOCK),
+                                    dtype=torch.float64)
+            with torch.no_grad():
+                layer.phi.copy_(torch.as_tensor(ph))
+            layers.append(layer)
+        backend = create_backend("noisy", None, options={**noise, "noise_simulation": "fast"})
+
+        def peer(layers: list[Any] = layers) -> list[Any]:
+            return [layer() for layer in layers]
+
+        with torch.no_grad():
+            times = _paired_ms({"ours": lambda b=backend: b.evaluate(qnns, phases), "peer": peer},
+                               int(spec["repeats"]), warmup=1)
+            for qnn, layer, result in zip(qnns, layers, peer(), strict=True):
+                probs = dict(zip((tuple(int(n) for n in key) for key in layer.output_keys),
+                                 result.reshape(-1).numpy(), strict=True))
+                out[f"{k}_{qnn.modes}_{qnn.photons}_patterns"] = np.array([probs.get(o, 0.0) for o in qnn.outcomes])
+        for who, ms in times.items():
+            out[f"{k}_{who.replace('_cpu', '')}_{'cpu_' if who.endswith('_cpu') else ''}ms"] = ms
+        out[f"{k}_label"] = str(label)
+    return out
+
+
+DRIVERS = {"merlin": merlin, "merlin_noisy": merlin_noisy, "pennylane": pennylane}
 
 
 def main(argv: list[str]) -> None:

@@ -253,15 +253,13 @@ class PhotonicQNN(Circuit):
         n, batch = self.photons, columns.shape[:-2]
         rows = columns.reshape(*batch, -1)[..., gather].reshape(*batch, -1, n)  # (..., K*N, N): U[S_k[i], j]
         sums = (rows @ deltas).reshape(*batch, -1, n, deltas.shape[1])
-        if xp is np:
-            products = sums.prod(-2)
-        else:  # torch's prod backward (zero checks, copies) costs more than the forward; N products do not
-            first, *others = sums.unbind(-2)  # unbind: one backward node, not a zero-filled gradient per row
-            products = first
-            for row in others:
-                products = products * row
-        perm = products @ signs
+        perm = _row_products(sums, xp) @ signs
         return perm.real**2 + perm.imag**2
+
+    def permanents(self, matrices: Any, xp: Any = np) -> Any:
+        """Permanents of a stack of N x N complex matrices (..., N, N) by Glynn's formula, numpy or torch."""
+        _, deltas, signs = self._permanent_tables if xp is np else self._torch_permanent(matrices.device)
+        return _row_products(matrices @ deltas, xp) @ signs
 
     def _torch_permanent(self, device: Any) -> tuple[Any, Any, Any]:
         import torch
@@ -292,6 +290,13 @@ class PhotonicQNN(Circuit):
         return np.array([dist.get(pcvl.BasicState(list(o)), 0.0) for o in self.outcomes])
 
     # ---- torch (differentiable) ----------------------------------------------------------------
+    def torch_input_columns(self, phases: Any) -> Any:
+        """:meth:`input_columns` from a float64 torch tensor of phases (or a batch (B, P)), differentiable."""
+        import torch
+
+        start = torch.eye(self.modes, dtype=torch.complex128, device=phases.device)[:, list(self.input_modes)]
+        return self._propagate(phases, start, torch)
+
     def torch_distribution(self, phases: Any) -> Any:
         """Differentiable exact distribution: ``phases`` a float64 torch tensor (grad allowed).
 
@@ -300,12 +305,21 @@ class PhotonicQNN(Circuit):
         """
         import torch
 
-        start = torch.eye(self.modes, dtype=torch.complex128, device=phases.device)[:, list(self.input_modes)]
-        columns = self._propagate(phases, start, torch)
-        probs = self.collision_free_probabilities(columns, xp=torch)
+        probs = self.collision_free_probabilities(self.torch_input_columns(phases), xp=torch)
         return probs / probs.sum(-1, keepdim=True)
 
 
+
+def _row_products(sums: Any, xp: Any) -> Any:
+    """Product over the rows axis (-2) of Glynn's row sums (..., N, T) -> (..., T)."""
+    if xp is np:
+        return sums.prod(-2)
+    # torch's prod backward (zero checks, copies) costs more than the forward; N products do not
+    first, *others = sums.unbind(-2)  # unbind: one backward node, not a zero-filled gradient per row
+    products = first
+    for row in others:
+        products = products * row
+    return products
 
 
 def perceval_distribution(qnn: PhotonicQNN, phases: Any) -> np.ndarray:

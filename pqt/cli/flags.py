@@ -136,8 +136,9 @@ def _add_backend_flags(p: argparse.ArgumentParser) -> None:
             seen.add(opt.name)
             # An option whose default is None explains what "unset" means in its own help.
             default = "" if opt.default is None else f" (default: {opt.default})"
+            kind = {"choices": opt.choices} if opt.choices else {"metavar": _option_metavar(opt)}
             group.add_argument(f"--{opt.name}", dest=BACKEND_OPTION + opt.key, type=_option_converter(opt),
-                               metavar=_option_metavar(opt), default=argparse.SUPPRESS, help=opt.help + default)
+                               default=argparse.SUPPRESS, help=opt.help + default, **kind)
 
 
 def _option_converter(opt: Any) -> Any:

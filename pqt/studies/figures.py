@@ -14,8 +14,10 @@ file is missing, when they are not there:
 - ``ablation_paper_curves.png``: test accuracy vs round per distribution source under the paper's
   full protocol (``ablation_paper_curves.csv``);
 - ``shots.png``: test accuracy vs shots per circuit evaluation, exact as a line (``shots_summary.csv``);
-- ``noise.png``: test accuracy and post-selection rate vs indistinguishability and transmittance
-  (``noise_summary.csv``);
+- ``noise.png``: test accuracy and post-selection rate vs each noise knob with the others ideal, and the
+  knobs set together as dashed lines (``noise_summary.csv``);
+- ``noise_paper_curves.png``: test and train accuracy vs round of the noisy full-protocol run against
+  the ideal run with the same seed (``noise_paper_curves.csv``, ``table3_paper_curves.csv``);
 - ``optimizers.png``: test accuracy vs cumulative wall time and vs objective evaluations per phase
   optimizer (``optimizers_curves.csv``).
 
@@ -47,6 +49,12 @@ PAPER_CLASSICAL = (6690, 96.89)
 PAPER_PRUNING = (3370, 94.44)
 PAPER_WEIGHT_SHARING = (4770, 88.67)
 QT_STUDIES = ("table3", "table3_paper")
+# The noise study's knobs: (column of noise_summary.csv, ideal value, axis label).
+NOISE_KNOBS = (("backend_options.indistinguishability", 1.0, "indistinguishability"),
+               ("backend_options.transmittance", 1.0, "transmittance"),
+               ("backend_options.g2", 0.0, "g2"),
+               ("backend_options.phase_error", 0.0, "phase error (rad)"),
+               ("backend_options.phase_imprecision", 0.0, "phase imprecision (rad)"))
 SOURCE_WORDS = {"photonic": "photonic distributions", "circuit": "circuit distributions",
                 "random-fixed": "one random vector", "random-redraw": "a new random vector each step",
                 "constant": "a constant vector"}
@@ -92,6 +100,23 @@ def _sort_key(text: str) -> tuple[int, float, str]:
 def _natural_key(text: str) -> list[tuple[int, float, str]]:
     """Sort "bond_dim=4" before "bond_dim=10": numbers inside the text compare as numbers."""
     return [(0, float(part), "") if part.isdigit() else (1, 0.0, part) for part in re.split(r"(\d+)", text)]
+
+
+def _knob(row: dict[str, str], key: str, ideal: float) -> float:
+    text = row.get(key, "")
+    return ideal if text == "" else _num(text)  # a knob a table does not have is at its ideal value
+
+
+def _noisy_knobs(row: dict[str, str]) -> list[str]:
+    return [key for key, ideal, _ in NOISE_KNOBS if _knob(row, key, ideal) != ideal]
+
+
+def noise_lines(rows: list[dict[str, str]]) -> tuple[dict[str, list[dict[str, str]]], list[dict[str, str]]]:
+    """The noise study's rows per knob (that knob alone noisy, or none: the ideal point), sorted by its value,
+    and the rows with several knobs noisy at once."""
+    lines = {key: sorted((r for r in rows if set(_noisy_knobs(r)) <= {key}), key=lambda r: _knob(r, key, ideal))
+             for key, ideal, _ in NOISE_KNOBS}
+    return lines, [r for r in rows if len(_noisy_knobs(r)) > 1]
 
 
 def _count(n: float) -> str:
@@ -466,31 +491,75 @@ class _Figures:
         if tables is None:
             return
         rows = tables[0]
-        ind_key, tr_key = "backend_options.indistinguishability", "backend_options.transmittance"
+        knobs = [k for k in NOISE_KNOBS if k[0] in rows[0]]
+        lines, together = noise_lines(rows)
         ns = [int(_num(r["n"])) for r in rows if not math.isnan(_num(r.get("n")))]
-        fig, axes = self.plt.subplots(2, 2, figsize=(9, 6.5), sharey="row")
-        for col, (key, other, label) in enumerate(((ind_key, tr_key, "indistinguishability"),
-                                                   (tr_key, ind_key, "transmittance"))):
-            line = sorted((r for r in rows if _num(r.get(other, "1")) in (1.0,) or r.get(other, "") == ""),
-                          key=lambda r: _num(r.get(key)))
-            line = [r for r in line if not math.isnan(_num(r.get(key)))]
-            for row_i, (metric, scale, ylabel) in enumerate((("test_accuracy", 100, "test accuracy (%)"),
-                                                             ("postselection_rate", 100, "post-selection rate (%)"))):
+        metrics = (("test_accuracy", "test accuracy (%)"), ("postselection_rate", "post-selection rate (%)"))
+        fig, axes = self.plt.subplots(2, len(knobs), figsize=(3.3 * len(knobs), 6.5), sharey="row", squeeze=False)
+        for col, (key, ideal, label) in enumerate(knobs):
+            line = lines[key]
+            for row_i, (metric, ylabel) in enumerate(metrics):
                 ax = axes[row_i][col]
                 if line and f"{metric}_mean" in line[0]:
-                    ax.errorbar([_num(r[key]) for r in line], [scale * _num(r[f"{metric}_mean"]) for r in line],
-                                yerr=[_std(r, metric, scale) for r in line], fmt="o-", capsize=3)
+                    ax.errorbar([_knob(r, key, ideal) for r in line], [100 * _num(r[f"{metric}_mean"]) for r in line],
+                                yerr=[_std(r, metric, 100) for r in line], fmt="o-", capsize=3,
+                                label="this knob alone")
                 else:
                     ax.text(0.5, 0.5, f"no {metric} data", ha="center", transform=ax.transAxes)
-                ax.set_xlabel(f"{label} (the other one at 1)")
+                for r in together:
+                    mean = 100 * _num(r.get(f"{metric}_mean"))
+                    if not math.isnan(mean):
+                        settings = ", ".join(f"{lab} {_knob(r, k, i):g}" for k, i, lab in knobs if k in _noisy_knobs(r))
+                        ax.axhline(mean, color="C3", ls="--", lw=1, label=f"together: {settings} (± std band)")
+                        std = _std(r, metric, 100)
+                        ax.axhspan(mean - std, mean + std, color="C3", alpha=0.08)
+                ax.set_xlabel(f"{label} (others ideal)")
                 if col == 0:  # the rows share their y axis: one label, on the left
                     ax.set_ylabel(ylabel)
                 ax.grid(alpha=0.3)
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        if handles:
+            fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(handles),
+                       fontsize=8, frameon=False)
         fig.suptitle(_wrap(f"Noisy backend at χ = 4: test accuracy, and the post-selection rate (share of shots in "
-                           f"which all N detectors click)\n"
-                           f"{self.protocol('noise', rows)}; {seeds_text(ns)}"), fontsize=9)
+                           f"which all N detectors click), each knob with the others ideal\n"
+                           f"{self.protocol('noise', rows)}; {seeds_text(ns)}", 170), fontsize=9)
         fig.tight_layout()
         self.save(fig, "noise.png")
+
+    def noise_paper(self) -> None:
+        """The noisy full-protocol run(s) against the ideal run of the same settings (table3_paper, chi = 4)."""
+        figure = "noise_paper_curves.png"
+        tables = self.need(figure, "noise_paper_curves.csv", "table3_paper_curves.csv")
+        if tables is None:
+            return
+        noisy = [r for r in tables[0] if r.get("round")]
+        seeds = {r["seed"] for r in noisy}
+        ideal = [r for r in tables[1] if r.get("round") and r.get("bond_dim") == "4" and r["seed"] in seeds]
+        noise = noisy[0]["group"].replace("backend_options.", "").replace(",", ", ")
+        fig, axes = self.plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+        for ax, metric in zip(axes, ("test_accuracy", "train_accuracy"), strict=True):
+            for label, rows, style in ((f"ideal (table3_paper, χ=4, seed {', '.join(sorted(seeds))})", ideal, "-"),
+                                       (f"noisy: {noise}", noisy, "-")):
+                if not rows:
+                    continue
+                by_round: dict[int, list[float]] = defaultdict(list)
+                for r in rows:
+                    by_round[int(_num(r["round"]))].append(100 * _num(r[metric]))
+                rounds = sorted(by_round)
+                unfinished = any(r.get("status") != "finished" for r in rows)
+                suffix = f" (unfinished, {rounds[-1]} rounds)" if unfinished else ""
+                ax.plot(rounds, [_mean_std(by_round[k])[0] for k in rounds], style, lw=1.2,
+                        label=textwrap.fill(label + suffix, 60))
+            ax.set_xlabel("round")
+            ax.set_ylabel(metric.replace("_", " ") + " (%)")
+            ax.tick_params(labelleft=True)
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7, loc="lower right")
+        fig.suptitle(_wrap(f"Noisy hardware at the paper's training length, χ = 4, one seed\n"
+                           f"{self.protocol('noise_paper', noisy)}"), fontsize=9)
+        fig.tight_layout()
+        self.save(fig, figure)
 
     @staticmethod
     def _optimizer_label(row: dict[str, str]) -> str:
@@ -580,5 +649,6 @@ def draw_figures(results: str | Path | None = None, out: str | Path | None = Non
     figs.curves("ablation_paper", "Ablation of the MPS input", "ablation_paper_curves.png")
     figs.shots()
     figs.noise()
+    figs.noise_paper()
     figs.optimizers()
     return figs

@@ -64,9 +64,16 @@ class Method(abc.ABC):
     def initial_parameters(self, rng: np.random.Generator) -> list[np.ndarray]:
         return [c.random_parameters(rng) for c in self.circuits]
 
-    def torch_distributions(self, flat: torch.Tensor) -> list[torch.Tensor]:
-        """Differentiable exact distributions of every circuit (joint training)."""
-        return [c.torch_distribution(p) for c, p in zip(self.circuits, self.split(flat), strict=True)]
+    def torch_distributions(self, flat: torch.Tensor,
+                            simulate: Callable[[Circuit, torch.Tensor], torch.Tensor] | None = None,
+                            ) -> list[torch.Tensor]:
+        """Differentiable exact distributions of every circuit (joint training).
+
+        ``simulate(circuit, parameters)`` gives one circuit's distribution: the backend's (the training
+        loop passes ``Backend.torch_distribution``, which knows its noise model); the ideal one by default.
+        """
+        simulate = simulate or (lambda circuit, parameters: circuit.torch_distribution(parameters))
+        return [simulate(c, p) for c, p in zip(self.circuits, self.split(flat), strict=True)]
 
     def begin_round(self, seed: int, round_index: int) -> None:  # noqa: B027  (optional hook)
         """Reseed the method's own random streams for round ``round_index`` (resume replays them)."""

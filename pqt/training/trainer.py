@@ -10,8 +10,9 @@ circuit evaluations at the new parameters: that network is evaluated, saved as `
 distributions feed the next round's Adam stage.
 
 ``phase_optimizer = "exact-gradient"`` is joint training instead (the gate-based paper's protocol):
-the circuits are simulated exactly and differentiably, and Adam trains their parameters together
-with the mapper at every step (``phase_lr``); rounds are then plain epochs.
+the circuits are simulated exactly and differentiably (by the backend: ideal, or under the noisy
+backend's source and loss noise), and Adam trains their parameters together with the mapper at every
+step (``phase_lr``); rounds are then plain epochs.
 
 Reproducibility and resume: every random choice of round r (shuffling, the phase batch, shot
 sampling, SPSA perturbations) is drawn from streams seeded by (seed, r), and a checkpoint is
@@ -182,9 +183,9 @@ class Trainer:
         self.joint = config.phase_optimizer == "exact-gradient"
         if self.joint and not self.backend.supports_exact_gradient:
             raise UserError(
-                "--phase-optimizer exact-gradient needs exact ideal simulation: use --backend slos --shots exact "
-                f"(got backend {config.backend!r}, shots {config.shots or 'exact'}); on shot-based, noisy or "
-                "remote backends use cobyla or spsa")
+                "--phase-optimizer exact-gradient needs exact probabilities from a differentiable simulation, which "
+                f"backend {config.backend!r} with shots {config.shots or 'exact'} cannot give: "
+                f"{self.backend.exact_gradient_obstacle}; or use --phase-optimizer cobyla or spsa")
         if method is None:
             from pqt.training.quantum_train import QuantumTrainMethod
 
@@ -277,7 +278,8 @@ class Trainer:
     def _joint_dists(self) -> list[torch.Tensor]:
         assert self.circuit_params is not None
         self.state.simulated_evaluations += len(self.circuits)
-        return self.method.torch_distributions(self.circuit_params)
+        # The backend's differentiable simulation: the ideal one, or its noise model's (noisy backend).
+        return self.method.torch_distributions(self.circuit_params, self.backend.torch_distribution)
 
     @property
     def circuit_evaluations(self) -> int:
