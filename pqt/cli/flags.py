@@ -14,7 +14,7 @@ import dataclasses
 from typing import Any
 
 from pqt.errors import UserError
-from pqt.training.config import GROUPS, TrainConfig, check_value, field_kind, load_config_file
+from pqt.training.config import TrainConfig, check_value, field_kind, load_config_file
 
 BACKEND_OPTION = "backend_option:"
 
@@ -55,12 +55,13 @@ def _default_text(f: dataclasses.Field, default: Any) -> str:
     return str(default)
 
 
-def add_config_flags(p: argparse.ArgumentParser) -> None:
-    """Every TrainConfig setting as a flag (defaults SUPPRESSed: only given flags override a --config file)."""
-    defaults = TrainConfig()
+def add_config_flags(p: argparse.ArgumentParser, config_class: type[TrainConfig] = TrainConfig) -> None:
+    """Every setting of ``config_class`` as a flag (defaults SUPPRESSed: only given flags override a --config
+    file)."""
+    defaults = config_class()
     p.add_argument("--config", metavar="FILE", help="JSON or TOML file of config keys; flags override it")
-    groups = {key: p.add_argument_group(title) for key, title in GROUPS.items()}
-    for f in dataclasses.fields(TrainConfig):
+    groups = {key: p.add_argument_group(title) for key, title in config_class.GROUPS.items()}
+    for f in config_class.settings():
         meta = f.metadata
         if not meta.get("cli"):
             continue
@@ -75,8 +76,10 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
         if meta["nargs"]:
             kwargs["nargs"] = meta["nargs"]
         groups[meta["group"]].add_argument(flag, **kwargs)
-    groups["target"].add_argument("--no-fast-path", dest="fast_path", action="store_false", default=argparse.SUPPRESS,
-                                  help="use the plain functional forward everywhere (for checks and timings)")
+    if "target" in groups:
+        groups["target"].add_argument("--no-fast-path", dest="fast_path", action="store_false",
+                                      default=argparse.SUPPRESS,
+                                      help="use the plain functional forward everywhere (for checks and timings)")
     _add_backend_flags(p)
 
 
@@ -96,25 +99,26 @@ def _add_backend_flags(p: argparse.ArgumentParser) -> None:
                                help=f"{opt.help} (default: {opt.default})")
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
+def config_from_args(args: argparse.Namespace, config_class: type[TrainConfig] = TrainConfig) -> TrainConfig:
     """The configuration: the --config file, then the flags given."""
     data: dict[str, Any] = load_config_file(args.config) if getattr(args, "config", None) else {}
     options = dict(data.get("backend_options", {}))
-    for key, value in vars(args).items():
-        if key.startswith(BACKEND_OPTION):
-            options[key[len(BACKEND_OPTION):]] = value
-        elif key in TrainConfig.__dataclass_fields__:
+    for key, value in given_settings(args, config_class).items():
+        if key.startswith("backend_options."):
+            options[key.split(".", 1)[1]] = value
+        else:
             data[key] = value
     data["backend_options"] = options
-    return TrainConfig.from_dict(data).validate()
+    return config_class.from_dict(data).validate()
 
 
-def given_settings(args: argparse.Namespace) -> dict[str, Any]:
+def given_settings(args: argparse.Namespace, config_class: type[TrainConfig] = TrainConfig) -> dict[str, Any]:
     """The settings given as flags (config keys; backend options as ``backend_options.<key>``)."""
+    names = {f.name for f in config_class.settings()}
     given = {}
     for key, value in vars(args).items():
         if key.startswith(BACKEND_OPTION):
             given[f"backend_options.{key[len(BACKEND_OPTION):]}"] = value
-        elif key in TrainConfig.__dataclass_fields__:
+        elif key in names:
             given[key] = value
     return given

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +22,23 @@ RESUME_CHANGEABLE = {"adam_lr", "phase_lr", "rounds", "max_shots", "threads", "d
                      "backend_options.request_timeout"}
 
 
+def add_output_flags(p: argparse.ArgumentParser, changeable: str) -> argparse._ArgumentGroup:
+    """--out, --resume and --dry-run of a training command; ``changeable`` lists what a resume may change."""
+    out = p.add_argument_group("output")
+    out.add_argument("--out", metavar="DIR", help="output directory (default: runs/<timestamp>)")
+    out.add_argument("--resume", metavar="DIR",
+                     help=f"continue the run in DIR from its last finished round; only {changeable} may change")
+    out.add_argument("--dry-run", action="store_true", help="print the jobs and shots the run needs, then stop")
+    return out
+
+
 def add_train_parsers(sub: Any) -> None:
     p = sub.add_parser("train", help="train a network with Quantum-Train (photonic or gate-based)",
                        description="Train a target network whose weights a quantum circuit generates. Every flag "
                                    "is also a key of the --config file; flags override it.")
     add_config_flags(p)
-    out = p.add_argument_group("output")
-    out.add_argument("--out", metavar="DIR", help="output directory (default: runs/<timestamp>)")
-    out.add_argument("--resume", metavar="DIR",
-                     help="continue the run in DIR from its last finished round; only the learning rates, "
-                          "--rounds, --max-shots, --threads, --device and the cloud connection settings may change")
-    out.add_argument("--dry-run", action="store_true", help="print the jobs and shots the run needs, then stop")
+    add_output_flags(p, "the learning rates, --rounds, --max-shots, --threads, --device and the cloud connection "
+                        "settings")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("plan", help="circuit evaluations, cloud jobs and shots a configuration needs")
@@ -54,7 +61,8 @@ def _flat(config: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def resume_config(out: Path, args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
+def resume_config(out: Path, args: argparse.Namespace, config_class: type[TrainConfig] = TrainConfig,
+                  changeable: frozenset[str] | set[str] = RESUME_CHANGEABLE) -> tuple[TrainConfig, dict[str, Any]]:
     """The run's settings as of its last checkpoint, with the changes the flags ask for: (config, {key: [old, new]}).
 
     config.json keeps the settings the run started with; the checkpoint holds them with every change made by
@@ -62,21 +70,22 @@ def resume_config(out: Path, args: argparse.Namespace) -> tuple[TrainConfig, dic
     """
     recorded = recorded_config(out, prefer_checkpoint=True)
     try:
-        base = TrainConfig.from_dict(recorded).validate()
+        base = config_class.from_dict(recorded).validate()
     except (TypeError, ValueError) as e:
         raise UserError(f"{out / 'config.json'} is damaged ({e}); start a new run with --out DIR") from None
     old = _flat(base.to_dict())
     changes = {}
-    for key, value in given_settings(args).items():
+    for key, value in given_settings(args, config_class).items():
         value = list(value) if isinstance(value, tuple) else value
         before = list(old[key]) if isinstance(old.get(key), tuple) else old.get(key)
         if value == before:
             continue
-        if key not in RESUME_CHANGEABLE:
+        if key not in changeable:
             flag = "--" + key.split(".")[-1].replace("_", "-")
+            extra = ", --teacher (the same teacher moved)" if "teacher" in changeable else ""
             raise UserError(f"--resume cannot change {flag} ({before!r} -> {value!r}): it would no longer be the "
                             f"same run; start a new run with --out DIR (a resume may change: learning rates, "
-                            "--rounds, --max-shots, --threads, --device and the cloud connection settings)")
+                            f"--rounds, --max-shots, --threads, --device{extra} and the cloud connection settings)")
         changes[key] = [before, value]
     if "rounds" in changes and base.lr_schedule == "cosine":
         raise UserError("--resume cannot change --rounds of a run with --lr-schedule cosine: the schedule decays over "
@@ -87,7 +96,7 @@ def resume_config(out: Path, args: argparse.Namespace) -> tuple[TrainConfig, dic
             data.setdefault("backend_options", {})[key.split(".", 1)[1]] = value
         else:
             data[key] = value
-    return TrainConfig.from_dict(data).validate(), changes
+    return config_class.from_dict(data).validate(), changes
 
 
 def recorded_config(out: Path, prefer_checkpoint: bool = False) -> dict[str, Any]:
@@ -113,24 +122,41 @@ def recorded_config(out: Path, prefer_checkpoint: bool = False) -> dict[str, Any
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pqt.training import run_files
     from pqt.training.accounting import plan_run
 
+    def start_line(config: TrainConfig, trainer: Any, out: Path) -> str:
+        r = trainer.report
+        return (f"pqt train -> {out} | {config.dataset} {len(trainer.train_set)}/{len(trainer.test_set)} | "
+                f"{trainer.method.describe()['kind']} generator, {config.mapper_kind} mapper | "
+                f"backend {config.backend} shots {config.shots or 'exact'} | "
+                f"trainable {r['trainable_parameters']} (mapper {r['mapper_parameters']} + circuits "
+                f"{r['circuit_parameters']}) for {r['target_parameters']} weights")
+
+    return run_training(args, TrainConfig, RESUME_CHANGEABLE, lambda config: print_plan(plan_run(config)),
+                        start_line)
+
+
+def run_training(args: argparse.Namespace, config_class: type[TrainConfig], changeable: set[str],
+                 dry_run: Callable[[TrainConfig], None], start_line: Callable[[TrainConfig, Any, Path], str]) -> int:
+    """A training command (``pqt train``, ``pqt distill``): new run, --resume, --dry-run, Ctrl-C, logs."""
+    from pqt.training import run_files
+
+    command = config_class.COMMAND
     changes: dict[str, Any] = {}
     if args.resume:
         out = Path(args.resume)
         if not (out / run_files.CHECKPOINT).is_file():
             raise UserError(f"{out} holds no checkpoint to resume ({out / run_files.CHECKPOINT} missing); "
                             "start a new run with --out DIR")
-        config, changes = resume_config(out, args)
+        config, changes = resume_config(out, args, config_class, changeable)
     else:
-        config = config_from_args(args)
+        config = config_from_args(args, config_class)
         out = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     if args.dry_run:
-        print_plan(plan_run(config))
+        dry_run(config)
         return 0
     if not args.resume and (out / run_files.CHECKPOINT).exists():
-        raise UserError(f"{out} already holds a run; continue it with 'pqt train --resume {out}' or choose "
+        raise UserError(f"{out} already holds a run; continue it with 'pqt {command} --resume {out}' or choose "
                         "another --out")
     from pqt.interrupts import restore_sigint
     from pqt.training.trainer import Trainer
@@ -147,17 +173,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         run_files.write_json(out / run_files.CONFIG, config.to_dict())
         trainer.save()  # a round-0 checkpoint: even a run killed in its first round can be resumed
-        r = trainer.report
-        log(out, f"pqt train -> {out} | {config.dataset} {len(trainer.train_set)}/{len(trainer.test_set)} | "
-                 f"{trainer.method.describe()['kind']} generator, {config.mapper_kind} mapper | "
-                 f"backend {config.backend} shots {config.shots or 'exact'} | "
-                 f"trainable {r['trainable_parameters']} (mapper {r['mapper_parameters']} + circuits "
-                 f"{r['circuit_parameters']}) for {r['target_parameters']} weights")
+        log(out, start_line(config, trainer, out))
     try:
         metrics = trainer.run()
     except KeyboardInterrupt:
         print(f"pqt: interrupted; {trainer.state.round} finished round(s) are kept in {out}; "
-              f"continue with 'pqt train --resume {out}'", file=sys.stderr)
+              f"continue with 'pqt {command} --resume {out}'", file=sys.stderr)
         return 130
     log(out, f"done: test accuracy {100 * metrics['test_accuracy']:.2f}% after {metrics['rounds_completed']} "
              f"rounds in {metrics['wall_seconds']:.0f}s; metrics in {out / run_files.METRICS}, model in "
