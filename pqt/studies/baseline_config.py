@@ -31,6 +31,8 @@ class BaselineConfig:
     train_limit: int | None = None
     test_limit: int | None = None
     validation_size: int = 0  # hold out the last N training images for tuning (never tune on test)
+    augment_shift: int = 0  # random translations of the training images by up to N pixels (fresh each epoch)
+    lr_schedule: str = "constant"  # or "cosine": the rate decays to 0 over the epochs
     device: str = "cpu"
     threads: int | None = None
 
@@ -40,6 +42,10 @@ class BaselineConfig:
         if isinstance(self.validation_size, bool) or not isinstance(self.validation_size, int) \
                 or self.validation_size < 0:
             raise UserError(f"validation-size must be a whole number >= 0 (got {self.validation_size!r})")
+        if isinstance(self.augment_shift, bool) or not isinstance(self.augment_shift, int) or self.augment_shift < 0:
+            raise UserError(f"augment-shift must be a whole number >= 0 (got {self.augment_shift!r})")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise UserError(f"lr-schedule must be constant or cosine (got {self.lr_schedule!r})")
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
