@@ -253,11 +253,12 @@ def test_metrics_contract_and_accounting(two_rounds: Path, teacher: Path) -> Non
     assert m["target"] == "student-cnn" and m["widths"] == [4, 8]
     assert m["teacher"]["parameters"] == m["teacher_parameters"] == 119_530
     assert m["teacher"]["dir"] == str(teacher)
-    # 2 layers of 4 basis filters 3x3, scale + shift each, conv biases 4 + 8, head 8*9*10 + 10; 56 phases
+    # 2 layers of 4 basis filters 3x3 (fixed coefficients: no scale or shift), conv biases 4 + 8, head 8*9*10 + 10;
+    # 56 phases
     assert (m["basis_parameters"], m["mixing_parameters"], m["conv_bias_parameters"], m["head_parameters"]) == \
-        (72, 4, 12, 730)
-    assert m["student_trainable_parameters"] == 72 + 4 + 12 + 730
-    assert m["photonic_parameters"] == 56 and m["trainable_parameters"] == 818 + 56
+        (72, 0, 12, 730)
+    assert m["student_trainable_parameters"] == 72 + 12 + 730
+    assert m["photonic_parameters"] == 56 and m["trainable_parameters"] == 814 + 56
     assert m["fixed_transform_entries"] == (4 * 1 * 4 + 8 * 4 * 4) * 56
     assert m["deployed_parameters"] == m["target_parameters"] == 40 + 296 + 730
     # shots: every student step and every SPSA evaluation is a fresh 100-shot estimate, plus one per round end
@@ -431,6 +432,9 @@ def test_params_and_dry_run(teacher: Path, two_rounds: Path, capsys) -> None:
         assert report[key] == metrics[key], key
     rc, out, _ = cli(capsys, "distill", *TINY_FLAGS, "--teacher", str(teacher), "--params")
     assert "fixed transform entries (not trained)" in out and "deployed student" in out
+    rc, out, _ = cli(capsys, "distill", *TINY_FLAGS, "--teacher", str(teacher), "--coefficients", "affine", "--params",
+                     "--json")
+    assert json.loads(out)["mixing_parameters"] == 4  # a scale and a shift per layer
     rc, out, _ = cli(capsys, "distill", *TINY_FLAGS, "--teacher", str(teacher), "--rounds", "2", "--dry-run", "--json")
     plan = json.loads(out)
     assert plan["circuit_evaluations_total"] == metrics["circuit_evaluations"]
@@ -548,3 +552,44 @@ def test_cifar10_teacher_student_and_deployment(cifar_dir: Path, tmp_path: Path,
     result = json.loads(out)
     assert result["dataset"] == "cifar-10" and result["images"] == 30
     assert math.isclose(result["accuracy"], m["test_accuracy"])
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    import csv
+
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_pqkd_figures_from_result_tables(tmp_path: Path) -> None:
+    from pqt.studies.figures import make_figures
+
+    res = tmp_path / "results"
+    res.mkdir()
+    p = {"protocol": "synthetic"}
+    frontier = [{**p, "student": st, "widths": w, "basis": k, "alpha": a, "n": 3, "trainable_parameters_mean": n,
+                 "trainable_parameters_std": 0, "test_accuracy_mean": acc, "test_accuracy_std": 0.01}
+                for st, w, k, a, n, acc in (("dictionary", "4+8", 4, 0.5, 874, 0.9), ("dictionary", "8+16", 4, 0.5,
+                                            1606, 0.93), ("dictionary", "8+16", 2, 0.5, 1570, 0.92),
+                                            ("plain", "3+13", 4, 0.5, 1574, 0.91), ("dictionary", "8+16", 4, 0.0, 1606,
+                                                                                     0.9))]
+    _write_csv(res / "pqkd_frontier_summary.csv", frontier)
+    _write_csv(res / "teachers_summary.csv", [{**p, "dataset": "partial-mnist", "test_accuracy_mean": 0.98,
+                                               "test_accuracy_std": 0.002, "trainable_parameters_mean": 119530}])
+    shots_rows = []
+    for shots in ("10", "100", "1000", "exact"):
+        noise = math.nan if shots == "exact" else 4 / math.sqrt(float(shots))
+        for beta in ("0.0", "0.9"):
+            shots_rows.append({**p, "shots": shots, "ema_beta": beta, "test_accuracy_std": 0.01,
+                               "test_accuracy_mean": 0.93 - (0 if shots == "exact" else 0.1 * noise),
+                               "feature_noise_mean": "" if shots == "exact" else noise, "feature_noise_std": ""})
+    _write_csv(res / "pqkd_shots_summary.csv", shots_rows)
+    lines: list[str] = []
+    written = {path.name for path in make_figures(res, tmp_path / "figs", log=lines.append)}
+    assert {"pqkd_frontier.png", "pqkd_shots.png"} <= written
+    assert (tmp_path / "figs" / "pqkd_frontier.png").stat().st_size > 10_000
