@@ -6,6 +6,10 @@ trained, and the trained network runs with plain torch. The pipeline, one folder
 
     circuits -> distributions -> mappers -> generator -> targets -> training -> studies -> cli
 
+A second method on the same training loop, photonic quantum-enhanced knowledge distillation
+(``pqt.distill``), conditions a small dictionary-convolution student on a circuit's shot-limited output
+distribution while it distils a classical teacher.
+
 See README.md. Everything below is imported lazily: deployment (``pqt evaluate`` / ``predict``)
 must run without Perceval, and ``pqt --help`` without torch.
 """
@@ -48,6 +52,11 @@ _PUBLIC = {
     "register_target": "pqt.targets",
     "functional_forward": "pqt.targets",
     "TrainConfig": "pqt.training.config",
+    "DistillConfig": "pqt.distill.config",
+    "DictionaryStudent": "pqt.distill.student",
+    "StudentCNN": "pqt.targets.students",
+    "TeacherCNN": "pqt.targets.teachers",
+    "TeacherResNet": "pqt.targets.teachers",
     "Trainer": "pqt.training.trainer",
     "load_dataset": "pqt.data",
     "load_model": "pqt.deploy",

@@ -1,8 +1,9 @@
 """Use a trained network without any quantum software: plain torch and the saved state_dict.
 
 ``model.pt`` is the target network's ``state_dict``. The network is rebuilt from the run's
-``config.json`` (its target, activation and dataset, which gives the image shape); a bare model.pt
-without a run directory is taken to be the paper CNN unless ``target`` says otherwise.
+``config.json`` (its target, activation, the target's shape options such as a distilled student's
+widths, and dataset, which gives the image shape); a bare model.pt without a run directory is taken to
+be the paper CNN unless ``target`` says otherwise.
 """
 
 from __future__ import annotations
@@ -46,12 +47,14 @@ def load_model(path: str | Path, activation: str | None = None, target: str | No
     """The trained network of a run directory (or a model.pt), in eval mode."""
     from pqt.data import input_shape_of
     from pqt.targets import create_target
+    from pqt.targets.registry import target_options
 
     model_file = model_file_of(path)
     config = run_config(model_file)
     name = target or config.get("target") or "paper-cnn"
+    # A target's shape options (e.g. a distilled student's widths) come from the run that trained it.
     model = create_target(name, input_shape_of(config.get("dataset") or "partial-mnist"),
-                          activation or config.get("activation"))
+                          activation or config.get("activation"), target_options(name, config))
     try:
         state = torch.load(model_file, map_location="cpu", weights_only=True)
         model.load_state_dict(state)

@@ -365,7 +365,11 @@ def test_figures_from_result_files_and_skips(tmp_path: Path) -> None:
         "ablation_paper_curves.png", "shots.png", "noise.png", "optimizers.png"])
     assert all(p.stat().st_size > 1000 for p in written)
     skipped = [line for line in lines if line.startswith("skipped")]
-    assert len(skipped) == 4 and all("table3_paper" in line and "not found" in line for line in skipped)
+    # the paper-protocol table's figures (and the noisy run drawn against them), and PQKD's two (test_distill.py)
+    assert len(skipped) == 6
+    assert sum("table3_paper" in line and "not found" in line for line in skipped) == 4
+    assert sum(("pqkd_frontier.png" in line or "pqkd_shots.png" in line) and "not found" in line
+               for line in skipped) == 2
     # With the ideal curves there, the noisy run is drawn against them.
     _write(res / "table3_paper_curves.csv", [
         {**p, "group": f"bond_dim={c}", "bond_dim": c, "seed": 0, "status": "finished", "round": r,

@@ -14,7 +14,7 @@ import dataclasses
 from typing import Any
 
 from pqt.errors import UserError
-from pqt.training.config import GROUPS, TrainConfig, check_value, field_kind, load_config_file
+from pqt.training.config import TrainConfig, check_value, field_kind, load_config_file
 
 BACKEND_OPTION = "backend_option:"
 
@@ -94,23 +94,25 @@ def add_setting_flag(container: Any, f: dataclasses.Field, default: Any) -> None
     container.add_argument(flag, **kwargs)
 
 
-def add_config_flags(p: argparse.ArgumentParser) -> None:
-    """Every TrainConfig setting as a flag, in its --help group, plus the backends' options.
+def add_config_flags(p: argparse.ArgumentParser, config_class: type[TrainConfig] = TrainConfig) -> None:
+    """Every setting of ``config_class`` as a flag, in its --help group, plus the backends' options.
 
-    Groups appear in :data:`GROUPS` order, each backend's own settings right after the backend group.
+    Groups appear in the class's ``GROUPS`` order, each backend's own settings right after the backend group.
     """
-    defaults = TrainConfig()
+    defaults = config_class()
     p.add_argument("--config", metavar="FILE", help="JSON or TOML file of config keys; flags override it")
     groups = {}
-    for key, title in GROUPS.items():
+    for key, title in config_class.GROUPS.items():
         groups[key] = p.add_argument_group(title)
         if key == "backend":
             _add_backend_flags(p)
-    for f in dataclasses.fields(TrainConfig):
+    for f in config_class.settings():
         if f.metadata.get("cli"):
             add_setting_flag(groups[f.metadata["group"]], f, getattr(defaults, f.name))
-    groups["target"].add_argument("--no-fast-path", dest="fast_path", action="store_false", default=argparse.SUPPRESS,
-                                  help="use the plain functional forward everywhere (for checks and timings)")
+    if "target" in groups:
+        groups["target"].add_argument("--no-fast-path", dest="fast_path", action="store_false",
+                                      default=argparse.SUPPRESS,
+                                      help="use the plain functional forward everywhere (for checks and timings)")
 
 
 def _option_metavar(opt: Any) -> str:
@@ -157,28 +159,29 @@ def _option_converter(opt: Any) -> Any:
     return convert
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
+def config_from_args(args: argparse.Namespace, config_class: type[TrainConfig] = TrainConfig) -> TrainConfig:
     """The configuration: the --config file, then the flags given."""
     data: dict[str, Any] = load_config_file(args.config) if getattr(args, "config", None) else {}
     options = data.get("backend_options", {})
     if not isinstance(options, dict):
         raise UserError(f"config key backend_options must be a table of backend settings (got {options!r})")
     options = dict(options)
-    for key, value in vars(args).items():
-        if key.startswith(BACKEND_OPTION):
-            options[key[len(BACKEND_OPTION):]] = value
-        elif key in TrainConfig.__dataclass_fields__:
+    for key, value in given_settings(args, config_class).items():
+        if key.startswith("backend_options."):
+            options[key.split(".", 1)[1]] = value
+        else:
             data[key] = value
     data["backend_options"] = options
-    return TrainConfig.from_dict(data).validate()
+    return config_class.from_dict(data).validate()
 
 
-def given_settings(args: argparse.Namespace) -> dict[str, Any]:
+def given_settings(args: argparse.Namespace, config_class: type[TrainConfig] = TrainConfig) -> dict[str, Any]:
     """The settings given as flags (config keys; backend options as ``backend_options.<key>``)."""
+    names = {f.name for f in config_class.settings()}
     given = {}
     for key, value in vars(args).items():
         if key.startswith(BACKEND_OPTION):
             given[f"backend_options.{key[len(BACKEND_OPTION):]}"] = value
-        elif key in TrainConfig.__dataclass_fields__:
+        elif key in names:
             given[key] = value
     return given

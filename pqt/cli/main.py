@@ -1,4 +1,5 @@
-"""The ``pqt`` command line: train, plan, params, evaluate, predict, bench, sweep, baseline, figures.
+"""The ``pqt`` command line: train, plan, params, distill, teacher, evaluate, predict, bench, sweep, baseline,
+figures.
 
 Bad input ends with one line ``pqt: error: ...`` naming the problem and the fix, exit status 2; no
 traceback. Each command imports what it needs when it runs (``pqt --help`` imports neither torch nor
@@ -35,6 +36,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command (cheap: building it imports neither torch nor Perceval)."""
     from pqt.cli.deploy import add_deploy_parsers
+    from pqt.cli.distill import add_distill_parsers
     from pqt.cli.flags import whole_number
     from pqt.cli.studies import add_baseline_parser, add_figures_parser, add_sweep_parser
     from pqt.cli.train import add_train_parsers
@@ -44,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
     add_train_parsers(sub)
+    add_distill_parsers(sub)
     add_deploy_parsers(sub)
     p = sub.add_parser("bench", help="time our paths against the straightforward ones and the peers, in one run")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -7,6 +7,7 @@ import contextlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,16 @@ TRAIN_EXAMPLES = """examples:
     pqt train --resume runs/chi4"""
 
 
+def add_output_flags(p: argparse.ArgumentParser, changeable: str) -> argparse._ArgumentGroup:
+    """--out, --resume and --dry-run of a training command; ``changeable`` lists what a resume may change."""
+    out = p.add_argument_group("output")
+    out.add_argument("--out", metavar="DIR", help="output directory (default: runs/<timestamp>)")
+    out.add_argument("--resume", metavar="DIR",
+                     help=f"continue the run in DIR from its last finished round; only {changeable} may change")
+    out.add_argument("--dry-run", action="store_true", help="print the jobs and shots the run needs, then stop")
+    return out
+
+
 def add_train_parsers(sub: Any) -> None:
     p = sub.add_parser("train", help="train a network with Quantum-Train (photonic or gate-based)",
                        usage="%(prog)s [--FLAG VALUE ...] [--out DIR | --resume DIR] [--dry-run]",
@@ -32,12 +43,8 @@ def add_train_parsers(sub: Any) -> None:
                                    "model.pt and train.log in --out.",
                        epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_flags(p)
-    out = p.add_argument_group("output")
-    out.add_argument("--out", metavar="DIR", help="output directory (default: runs/<timestamp>)")
-    out.add_argument("--resume", metavar="DIR",
-                     help="continue the run in DIR from its last finished round; only the learning rates, "
-                          "--rounds, --max-shots, --threads, --device and the cloud connection settings may change")
-    out.add_argument("--dry-run", action="store_true", help="print the jobs and shots the run needs, then stop")
+    add_output_flags(p, "the learning rates, --rounds, --max-shots, --threads, --device and the cloud connection "
+                        "settings")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("plan", help="circuit evaluations, cloud jobs and shots a configuration needs",
@@ -59,7 +66,8 @@ def add_train_parsers(sub: Any) -> None:
     p.set_defaults(func=cmd_params)
 
 
-def resume_config(out: Path, args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
+def resume_config(out: Path, args: argparse.Namespace, config_class: type[TrainConfig] = TrainConfig,
+                  changeable: frozenset[str] | set[str] = RESUME_CHANGEABLE) -> tuple[TrainConfig, dict[str, Any]]:
     """The run's settings as of its last checkpoint, with the changes the flags ask for: (config, {key: [old, new]}).
 
     config.json keeps the settings the run started with; the checkpoint holds them with every change made by
@@ -71,20 +79,21 @@ def resume_config(out: Path, args: argparse.Namespace) -> tuple[TrainConfig, dic
                         "change the ones a resume may change with their flags (pqt train --resume DIR --adam-lr ...)")
     recorded, resumes, path = checkpoint_settings(out)
     try:
-        base = TrainConfig.from_dict(recorded).validate()
+        base = config_class.from_dict(recorded).validate()
     except (UserError, TypeError, ValueError) as e:
         raise UserError(f"{path} holds damaged settings ({e}); start a new run with --out DIR") from None
-    check_config_json(out, recorded, resumes)
+    check_config_json(out, recorded, resumes, config_class)
     old = flat_settings(base.to_dict())
     changes = {}
-    for key, value in flat_settings(given_settings_dict(args)).items():
+    for key, value in flat_settings(given_settings_dict(args, config_class)).items():
         before = old.get(key)
         if value == before:
             continue
-        if key not in RESUME_CHANGEABLE:
+        if key not in changeable:
+            extra = ", --teacher (the same teacher moved)" if "teacher" in changeable else ""
             raise UserError(f"--resume cannot change {flag_of(key)} ({before!r} -> {value!r}): it would no longer be "
                             f"the same run; start a new run with --out DIR (a resume may change: learning rates, "
-                            "--rounds, --max-shots, --threads, --device and the cloud connection settings)")
+                            f"--rounds, --max-shots, --threads, --device{extra} and the cloud connection settings)")
         changes[key] = [before, value]
     if "rounds" in changes and base.lr_schedule == "cosine":
         raise UserError("--resume cannot change --rounds of a run with --lr-schedule cosine: the schedule decays over "
@@ -95,13 +104,13 @@ def resume_config(out: Path, args: argparse.Namespace) -> tuple[TrainConfig, dic
             data["backend_options"] = {**data.get("backend_options", {}), key.split(".", 1)[1]: value}
         else:
             data[key] = value
-    return TrainConfig.from_dict(data).validate(), changes
+    return config_class.from_dict(data).validate(), changes
 
 
-def given_settings_dict(args: argparse.Namespace) -> dict[str, Any]:
+def given_settings_dict(args: argparse.Namespace, config_class: type[TrainConfig] = TrainConfig) -> dict[str, Any]:
     """The flags given, as a config dict (backend options nested, as in config files)."""
     given: dict[str, Any] = {}
-    for key, value in given_settings(args).items():
+    for key, value in given_settings(args, config_class).items():
         if key.startswith("backend_options."):
             given.setdefault("backend_options", {})[key.split(".", 1)[1]] = value
         else:
@@ -126,7 +135,8 @@ def checkpoint_settings(out: Path) -> tuple[dict[str, Any], list[dict[str, Any]]
     return config, resumes, path
 
 
-def check_config_json(out: Path, recorded: dict[str, Any], resumes: list[dict[str, Any]]) -> None:
+def check_config_json(out: Path, recorded: dict[str, Any], resumes: list[dict[str, Any]],
+                      config_class: type[TrainConfig] = TrainConfig) -> None:
     """config.json must be readable, valid, and say what the checkpoint says the run started with."""
     from pqt.training import run_files
 
@@ -141,7 +151,7 @@ def check_config_json(out: Path, recorded: dict[str, Any], resumes: list[dict[st
     if not isinstance(data, dict):
         raise UserError(f"{path} is not a run config (a JSON object): {fix}")
     try:
-        TrainConfig.from_dict(data).validate()
+        config_class.from_dict(data).validate()
     except (UserError, TypeError, ValueError) as e:
         raise UserError(f"{path}: {e}: {fix}") from None
     started = flat_settings(recorded)
@@ -159,32 +169,57 @@ def check_config_json(out: Path, recorded: dict[str, Any], resumes: list[dict[st
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from pqt.training.accounting import plan_run, spent_so_far
+
+    def start_line(config: TrainConfig, trainer: Any, out: Path) -> str:
+        r = trainer.report
+        return (f"pqt train -> {out} | {config.dataset} {len(trainer.train_set)}/{len(trainer.test_set)} | "
+                f"{trainer.method.describe()['kind']} generator, {config.mapper_kind} mapper | "
+                f"backend {config.backend} shots {config.shots or 'exact'} | "
+                f"trainable {r['trainable_parameters']} (mapper {r['mapper_parameters']} + circuits "
+                f"{r['circuit_parameters']}) for {r['target_parameters']} weights")
+
+    def dry_run(config: TrainConfig, resume_dir: Path | None) -> None:
+        spent = spent_so_far(resume_dir, config) if resume_dir is not None else None
+        print_plan(plan_run(config, done_rounds=spent["rounds_completed"] if spent else 0), spent)
+
+    return run_training(args, TrainConfig, RESUME_CHANGEABLE, dry_run, start_line)
+
+
+def run_training(args: argparse.Namespace, config_class: type[TrainConfig], changeable: frozenset[str] | set[str],
+                 dry_run: Callable[[TrainConfig, Path | None], None],
+                 start_line: Callable[[TrainConfig, Any, Path], str]) -> int:
+    """A training command (``pqt train``, ``pqt distill``): new run, --resume, --dry-run, Ctrl-C and SIGTERM, logs.
+
+    ``dry_run(config, resume_dir)`` prints the plan (resume_dir: the run being resumed, else None).
+    """
     from pqt.interrupts import sigterm_as_interrupt
 
     with sigterm_as_interrupt():  # `kill` stops a run as Ctrl-C does: message, status "interrupted", rounds kept
-        return _train(args)
+        return _run_training(args, config_class, changeable, dry_run, start_line)
 
 
-def _train(args: argparse.Namespace) -> int:
+def _run_training(args: argparse.Namespace, config_class: type[TrainConfig], changeable: frozenset[str] | set[str],
+                  dry_run: Callable[[TrainConfig, Path | None], None],
+                  start_line: Callable[[TrainConfig, Any, Path], str]) -> int:
     from pqt.training import run_files
-    from pqt.training.accounting import plan_run, spent_so_far
 
+    command = config_class.COMMAND
     changes: dict[str, Any] = {}
     if args.resume:
         out = Path(args.resume)
         if not (out / run_files.CHECKPOINT).is_file():
             raise UserError(f"{out} holds no checkpoint to resume ({out / run_files.CHECKPOINT} missing); "
                             "start a new run with --out DIR")
-        config, changes = resume_config(out, args)
+        config, changes = resume_config(out, args, config_class, changeable)
     else:
-        config = config_from_args(args)
+        config = config_from_args(args, config_class)
         out = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     if args.dry_run:
-        spent = spent_so_far(out, config) if args.resume else None
-        print_plan(plan_run(config, done_rounds=spent["rounds_completed"] if spent else 0), spent)
+        dry_run(config, out if args.resume else None)
         return 0
     if not args.resume and (out / run_files.CHECKPOINT).exists():
-        raise UserError(f"{out} already holds a run; continue it with 'pqt train --resume {out}' or choose "
+        raise UserError(f"{out} already holds a run; continue it with 'pqt {command} --resume {out}' or choose "
                         "another --out")
     from pqt.interrupts import restore_sigint
     from pqt.training.progress import RunProgress
@@ -212,13 +247,13 @@ def _train(args: argparse.Namespace) -> int:
     if taken is not None:
         raise UserError(f"{out}: {taken.replace('; skipped', '')}; wait for it to stop (or stop it) first")
     try:
-        return _train_locked(trainer, progress, config, out, args.resume, changes)
+        return _train_locked(trainer, progress, config, out, args.resume, changes, start_line, command)
     finally:
         lock.release()
 
 
 def _train_locked(trainer: Any, progress: Any, config: TrainConfig, out: Path, resume: bool,
-                  changes: dict[str, Any]) -> int:
+                  changes: dict[str, Any], start_line: Callable[[TrainConfig, Any, Path], str], command: str) -> int:
     """Train a run folder this process holds: record the resume or write the new run's config, train, report."""
     from pqt.interrupts import Terminated
     from pqt.training import provenance, run_files
@@ -229,7 +264,7 @@ def _train_locked(trainer: Any, progress: Any, config: TrainConfig, out: Path, r
             run_files.append_log(out / run_files.LOG, line)
 
     if not resume and (out / run_files.CHECKPOINT).exists():  # another process started it meanwhile
-        raise UserError(f"{out} already holds a run; continue it with 'pqt train --resume {out}' or choose "
+        raise UserError(f"{out} already holds a run; continue it with 'pqt {command} --resume {out}' or choose "
                         "another --out")
     if resume:
         trainer.load()
@@ -243,18 +278,13 @@ def _train_locked(trainer: Any, progress: Any, config: TrainConfig, out: Path, r
         provenance.record(out, config.dataset, config.data_dir, config.threads, config.device, "start")
         # (the round-0 checkpoint, so that even a run killed in its first round can be resumed, is written by
         # Trainer.begin_attempt)
-        r = trainer.report
-        say(f"pqt train -> {out} | {config.dataset} {len(trainer.train_set)}/{len(trainer.test_set)} | "
-            f"{trainer.method.describe()['kind']} generator, {config.mapper_kind} mapper | "
-            f"backend {config.backend} shots {config.shots or 'exact'} | "
-            f"trainable {r['trainable_parameters']} (mapper {r['mapper_parameters']} + circuits "
-            f"{r['circuit_parameters']}) for {r['target_parameters']} weights")
+        say(start_line(config, trainer, out))
     try:
         metrics = trainer.run()
     except KeyboardInterrupt as e:
         why = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
         message = (f"{why}; {trainer.state.round} finished round(s) are kept in {out}; continue with "
-                   f"'pqt train --resume {out}'")
+                   f"'pqt {command} --resume {out}'")
         with contextlib.suppress(UserError):  # a full disk: the message still reaches the console
             run_files.append_log(out / run_files.LOG, message)
         print(f"pqt: {message}", file=sys.stderr)

@@ -47,6 +47,10 @@ class BaselineConfig:
                                      metavar="N", default_text="all", label="the test image count")
     validation_size: int = setting(0, "hold out the last N training images as a validation set (never tune on "
                                    "test)", group="baseline", low=0, metavar="N", label="the validation image count")
+    augment_shift: int = setting(0, "random translations of the training images by up to N pixels (fresh each "
+                                 "epoch)", group="baseline", low=0, metavar="N", label="the shift")
+    lr_schedule: str = setting("constant", "learning rate: constant, or cosine decay to 0 over the epochs",
+                               group="baseline", choices=("constant", "cosine"))
     device: str = setting("cpu", "torch device (cpu, cuda)", group="baseline")
     threads: int | None = setting(None, "torch threads", group="baseline", low=1, default_text="torch's choice")
 

@@ -14,6 +14,11 @@ Methods (``--method``):
   never trained (their gradient is exactly zero, so Adam never moves them). Biases stay free.
   Trainable count: the kept weights + 50 biases (3,370 at ``keep_ratio = 0.5``, the paper's number).
 
+Options for longer training (the distillation teachers, :mod:`pqt.distill.teacher`): ``augment_shift``
+translates each training image by a random offset of up to N pixels, drawn afresh every epoch from
+the seed; ``lr_schedule = "cosine"`` decays the learning rate to zero over the epochs. Both are off
+by default (the paper's protocol).
+
 A run directory gets the same files as ``pqt train``: ``config.json``, ``checkpoint.pt`` (after
 every epoch; an interrupted run resumes exactly), ``model.pt`` (the full network's plain
 ``state_dict``, usable by ``pqt evaluate``), ``metrics.json`` (same contract, ``history`` per
@@ -39,7 +44,17 @@ from pqt.studies.baseline_config import BaselineConfig
 from pqt.targets import create_target, loss_and_accuracy, n_parameters
 from pqt.training import provenance, run_files
 
-_SHUFFLE_SALT, _MASK_SALT = 11, 12
+_SHUFFLE_SALT, _MASK_SALT, _AUGMENT_SALT = 11, 12, 13
+
+
+def random_shift(images: torch.Tensor, shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Each image translated by its own random (dy, dx) in [-shift, shift], the border filled with zeros."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (shift, shift, shift, shift))
+    offsets = torch.randint(0, 2 * shift + 1, (n, 2), generator=generator)
+    rows = (offsets[:, 0, None] + torch.arange(h))[:, :, None]  # (n, h, 1)
+    cols = (offsets[:, 1, None] + torch.arange(w))[:, None, :]  # (n, 1, w)
+    return padded[torch.arange(n)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
 
 
 def _weight_layers(target: nn.Module) -> list[str]:
@@ -180,10 +195,19 @@ class BaselineTrainer:
         shuffle = torch.Generator().manual_seed(
             int(np.random.default_rng([c.seed, e, _SHUFFLE_SALT]).integers(2**62)))
         order = torch.randperm(len(images), generator=shuffle)
+        augment = torch.Generator().manual_seed(
+            int(np.random.default_rng([c.seed, e, _AUGMENT_SALT]).integers(2**62)))
+        steps = math.ceil(len(order) / c.batch_size)
         losses = []
-        for start in range(0, len(order), c.batch_size):
+        for step, start in enumerate(range(0, len(order), c.batch_size)):
+            if c.lr_schedule == "cosine":  # from the step index alone, so a resumed run follows the same rates
+                for group in self.adam.param_groups:
+                    group["lr"] = c.lr * 0.5 * (1.0 + math.cos(math.pi * (e * steps + step) / (c.epochs * steps)))
             idx = order[start : start + c.batch_size]
-            x, y = images[idx].to(self.device), labels[idx].to(self.device)
+            x, y = images[idx], labels[idx].to(self.device)
+            if c.augment_shift:
+                x = random_shift(x, c.augment_shift, augment)
+            x = x.to(self.device)
             self.adam.zero_grad(set_to_none=True)
             loss = F.cross_entropy(self.net(x), y)
             if not math.isfinite(loss.item()):

@@ -19,7 +19,14 @@ file is missing, when they are not there:
 - ``noise_paper_curves.png``: test and train accuracy vs round of the noisy full-protocol run against
   the ideal run with the same seed (``noise_paper_curves.csv``, ``table3_paper_curves.csv``);
 - ``optimizers.png``: test accuracy vs cumulative wall time and vs objective evaluations per phase
-  optimizer (``optimizers_curves.csv``).
+  optimizer (``optimizers_curves.csv``);
+- ``pqkd_frontier.png``: PQKD's accuracy against trainable parameters, one panel per dataset
+  (``pqkd_frontier_summary.csv``, ``pqkd_frontier_fashion_summary.csv``): the dictionary student over
+  widths and basis sizes K, the plain-convolution KD student, the student without distillation, and the
+  teacher (``teachers_summary.csv``) as a line;
+- ``pqkd_shots.png``: PQKD's accuracy against shots per step with and without EMA smoothing, the
+  measured feature noise against 1/sqrt(S), and the accuracy drop against the effective noise
+  (``pqkd_shots_summary.csv``).
 
 Titles say the protocol in words ("8 rounds x (2 Adam epochs + 200 COBYLA evaluations)"), read from
 the study file beside the results folder (``experiments/<study>.toml``) when its protocol label
@@ -160,9 +167,9 @@ def protocol_words(kind: str, settings: dict[str, Any], varied: tuple[str, ...] 
 
         b = {**BaselineConfig().to_dict(), **settings}
         return f"{_plural(b['epochs'], 'epoch')} of Adam (lr {b['lr']:g}, batch {b['batch_size']})"
-    from pqt.training.config import TrainConfig
+    from pqt.studies.sweep.study_file import config_class
 
-    c = {**TrainConfig().to_dict(), **settings}
+    c = {**config_class(kind)().to_dict(), **settings}  # a Quantum-Train or a distillation run
     if "phase_optimizer" in varied:
         text = (f"{_plural(c['rounds'], 'round')} × ({_plural(c['adam_epochs'], 'Adam epoch')} + "
                 f"{_plural(c['cobyla_maxiter'], 'phase-objective evaluation')})")
@@ -617,6 +624,143 @@ class _Figures:
         self.save(fig, "optimizers.png")
 
 
+class _DistillFigures(_Figures):
+    """PQKD's figures (experiments/pqkd_*.toml)."""
+
+    FRONTIER = (("pqkd_frontier", "partial-MNIST"), ("pqkd_frontier_fashion", "Fashion-MNIST"))
+    TEACHER_DATASETS = {"pqkd_frontier": "partial-mnist", "pqkd_frontier_fashion": "fashion-mnist"}
+
+    def _teacher(self, dataset: str) -> tuple[float, float, float] | None:
+        """(accuracy %, std %, parameters) of the teachers study's row for ``dataset``."""
+        path = self.results / "teachers_summary.csv"
+        if not path.is_file():
+            return None
+        for r in _read(path):
+            if r.get("dataset") == dataset:
+                return (100 * _num(r["test_accuracy_mean"]), 100 * (_num(r["test_accuracy_std"]) or 0.0),
+                        _num(r.get("trainable_parameters_mean")))
+        return None
+
+    def frontier(self) -> None:
+        panels = [(study, label) for study, label in self.FRONTIER if (self.results / f"{study}_summary.csv").is_file()]
+        if not panels:
+            self.log(f"skipped pqkd_frontier.png: {self.results / 'pqkd_frontier_summary.csv'} not found")
+            return
+        fig, axes = self.plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.8), squeeze=False)
+        protocols = []
+        for ax, (study, label) in zip(axes[0], panels, strict=True):
+            rows = _read(self.results / f"{study}_summary.csv")
+            protocols.append(self.protocol(study, rows))
+            series: dict[str, list[dict[str, str]]] = defaultdict(list)
+            for r in rows:
+                if r.get("student") == "plain":
+                    name = "plain-convolution student, same KD loss"
+                elif _num(r.get("alpha")) == 0:
+                    name = "PQKD student without distillation (alpha = 0)"
+                elif r.get("basis") == "4" or "widths" not in r:
+                    name = "PQKD (dictionary student, K = 4, widths vary)"
+                else:
+                    name = "PQKD, widths 8-16, K varies"
+                series[name].append(r)
+            styles = {"PQKD (dictionary student, K = 4, widths vary)": ("o-", "C0"),
+                      "PQKD, widths 8-16, K varies": ("s--", "C0"),
+                      "plain-convolution student, same KD loss": ("^-", "C1"),
+                      "PQKD student without distillation (alpha = 0)": ("v:", "C2")}
+            for name, members in series.items():
+                members = sorted(members, key=lambda r: _num(r.get("trainable_parameters_mean")))
+                fmt, color = styles[name]
+                xs = [_num(r["trainable_parameters_mean"]) for r in members]
+                ys = [100 * _num(r["test_accuracy_mean"]) for r in members]
+                es = [100 * (_num(r["test_accuracy_std"]) if r.get("test_accuracy_std") else 0.0) for r in members]
+                ax.errorbar(xs, ys, yerr=es, fmt=fmt, color=color, capsize=3, ms=5, label=name)
+                for x, y, r in zip(xs, ys, members, strict=True):
+                    tag = r.get("widths", "").replace("+", "-")
+                    if name.startswith("PQKD, widths"):
+                        tag = f"K={r.get('basis')}"
+                    ax.annotate(tag, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=6, color=color)
+            teacher = self._teacher(self.TEACHER_DATASETS[study])
+            if teacher is not None:
+                y, e, n = teacher
+                ax.axhline(y, color="k", ls="--", lw=1, label=f"teacher ({n:,.0f} parameters)")
+                ax.axhspan(y - e, y + e, color="k", alpha=0.08)
+            ax.set_xscale("log")
+            ax.set_xlabel("trainable parameters (student + photonic phases)")
+            ax.set_ylabel("test accuracy (%)")
+            ax.set_title(label, fontsize=10)
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=7, loc="lower right")
+        fig.suptitle(_wrap("PQKD compression-accuracy frontier; mean ± std over seeds; protocols: "
+                           + "; ".join(dict.fromkeys(protocols)), 130), fontsize=9)
+        self.save(fig, "pqkd_frontier.png")
+
+    def shots_pqkd(self) -> None:
+        tables = self.need("pqkd_shots.png", "pqkd_shots_summary.csv")
+        if tables is None:
+            return
+        rows = tables[0]
+        betas = sorted(dict.fromkeys(r.get("ema_beta", "") for r in rows), key=_sort_key)
+        fig, axes = self.plt.subplots(1, 3, figsize=(15, 4.6))
+        exact: dict[str, tuple[float, float]] = {}
+        for i, beta in enumerate(betas):
+            color = f"C{i}"
+            members = [r for r in rows if r.get("ema_beta", "") == beta]
+            finite = sorted((r for r in members if not math.isnan(_num(r.get("shots")))),
+                            key=lambda r: _num(r["shots"]))
+            for r in members:
+                if r.get("shots") in ("", "exact"):
+                    exact[beta] = (100 * _num(r["test_accuracy_mean"]), 100 * (_num(r["test_accuracy_std"]) or 0.0))
+                    axes[0].axhline(exact[beta][0], color=color, ls=":", lw=1, label=f"exact, beta = {beta}")
+            label = "no smoothing (beta = 0)" if _num(beta) == 0 else f"EMA, beta = {beta}"
+            if finite:
+                shots = [_num(r["shots"]) for r in finite]
+                acc = [100 * _num(r["test_accuracy_mean"]) for r in finite]
+                err = [100 * (_num(r["test_accuracy_std"]) if r.get("test_accuracy_std") else 0.0) for r in finite]
+                axes[0].errorbar(shots, acc, yerr=err, fmt="o-", color=color, capsize=3, label=label)
+                noise = [_num(r.get("feature_noise_mean")) for r in finite]
+                if not all(math.isnan(v) for v in noise):
+                    axes[1].plot(shots, noise, "o", color=color, label=f"measured, {label}")
+                    # effective noise of what the student sees: an EMA of independent estimates has variance
+                    # (1 - beta) / (1 + beta) times one estimate's
+                    b = _num(beta)
+                    effective = [v * math.sqrt((1 - b) / (1 + b)) for v in noise]
+                    reference = exact.get(beta, exact.get(betas[0], (math.nan, 0.0)))[0]
+                    axes[2].plot(effective, [reference - a for a in acc], "o-", color=color, label=label)
+        ax = axes[1]
+        measured = [(_num(r["shots"]), _num(r.get("feature_noise_mean"))) for r in rows
+                    if not math.isnan(_num(r.get("shots"))) and not math.isnan(_num(r.get("feature_noise_mean")))]
+        if measured:
+            xs = sorted({s for s, _ in measured})
+            # the 1/sqrt(S) line through the geometric mean of the measurements
+            scale = math.exp(sum(math.log(v * math.sqrt(s)) for s, v in measured) / len(measured))
+            ax.plot(xs, [scale / math.sqrt(s) for s in xs], "k--", lw=1, label="c / sqrt(S)")
+            if len({s for s, _ in measured}) > 1:
+                lx = [math.log(s) for s, _ in measured]
+                ly = [math.log(v) for _, v in measured]
+                mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+                slope = sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / sum((a - mx) ** 2 for a in lx)
+                ax.text(0.03, 0.05, f"fitted slope {slope:.3f} (shot noise: -0.5)", transform=ax.transAxes, fontsize=8)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+        ax.set_xlabel("shots per estimate S")
+        ax.set_ylabel("RMS noise per component of one estimate of phi")
+        ax.set_title("Feature noise", fontsize=10)
+        axes[0].set_xscale("log")
+        axes[0].set_xlabel("shots per circuit evaluation (a fresh estimate every student step)")
+        axes[0].set_ylabel("test accuracy (%)")
+        axes[0].set_title("Accuracy against shots", fontsize=10)
+        axes[2].set_xscale("log")
+        axes[2].set_xlabel("effective noise of the smoothed phi: measured x sqrt((1 - beta) / (1 + beta))")
+        axes[2].set_ylabel("accuracy drop from exact (percentage points)")
+        axes[2].axhline(0, color="k", lw=0.6)
+        axes[2].set_title("Drop against effective noise", fontsize=10)
+        for ax in axes:
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=7)
+        protocol = self.protocol("pqkd_shots", rows)
+        fig.suptitle(_wrap(f"PQKD under finite sampling ({protocol}); mean ± std over seeds", 130), fontsize=9)
+        self.save(fig, "pqkd_shots.png")
+
+
 def make_figures(results: str | Path | None = None, out: str | Path | None = None,
                  log: Callable[[str], None] = print) -> list[Path]:
     """Draw every figure whose result files exist; returns the PNGs written.
@@ -638,7 +782,7 @@ def draw_figures(results: str | Path | None = None, out: str | Path | None = Non
     out = Path(out) if out is not None else experiments / "figures"  # type: ignore[operator]
     if not results.is_dir():
         raise UserError(f"results folder {results} not found; run 'pqt sweep STUDY.toml' first or pass --results")
-    figs = _Figures(results, out, log)
+    figs = _DistillFigures(results, out, log)
     for study, what in (("table3", "Photonic QT per bond dimension χ"),
                         ("table3_paper", "Photonic QT per bond dimension χ")):
         figs.curves(study, what)
@@ -651,4 +795,6 @@ def draw_figures(results: str | Path | None = None, out: str | Path | None = Non
     figs.noise()
     figs.noise_paper()
     figs.optimizers()
+    figs.frontier()
+    figs.shots_pqkd()
     return figs

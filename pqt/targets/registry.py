@@ -1,6 +1,9 @@
 """Pick a target network by name or by a user's callable (in the spirit of timm's ``create_model``).
 
-``@register_target("name", input_shape=...)`` adds a builder ``fn(input_shape, activation) -> nn.Module``;
+``@register_target("name", input_shape=...)`` adds a builder ``fn(input_shape, activation) -> nn.Module``
+(``options=("key", ...)``: run-config keys the builder also takes, as keyword arguments, e.g. a
+distilled student's widths; :func:`create_target` passes them and ``pqt evaluate`` reads them from
+the run's config.json);
 :func:`create_target` builds one from a registered name, or from ``"module:callable"`` (a function or
 class of the user's, called with no arguments, that returns an ``nn.Module``; the module is imported
 from the working directory or ``PYTHONPATH``). Every target maps images of the dataset's shape to 10
@@ -15,6 +18,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,22 +35,27 @@ class TargetSpec:
     input_shape: tuple[int, ...] | None  # None: any image shape
     default_activation: str
     description: str
+    options: tuple[str, ...] = ()  # run-config keys the builder takes as keyword arguments
 
 
 _REGISTRY: dict[str, TargetSpec] = {}
 
 
 def register_target(name: str, *, input_shape: tuple[int, ...] | None, default_activation: str = "none",
-                    description: str = "") -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+                    description: str = "", options: tuple[str, ...] = (),
+                    ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     def decorate(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _REGISTRY[name] = TargetSpec(name, build, input_shape, default_activation, description)
+        _REGISTRY[name] = TargetSpec(name, build, input_shape, default_activation, description, tuple(options))
         return build
 
     return decorate
 
 
 def registered_targets() -> dict[str, TargetSpec]:
-    import pqt.targets.networks  # noqa: F401  (registers the built-in targets)
+    # Registers the built-in targets: Quantum-Train's networks, distillation's teachers and students.
+    import pqt.targets.networks  # noqa: F401
+    import pqt.targets.students  # noqa: F401
+    import pqt.targets.teachers  # noqa: F401
 
     return dict(_REGISTRY)
 
@@ -89,8 +98,18 @@ def _user_target(spec: str) -> nn.Module:
     return model
 
 
-def create_target(name: str, input_shape: tuple[int, ...] = (1, 28, 28), activation: str | None = None) -> nn.Module:
-    """The target network ``name`` (registered, or ``module:callable``) for images of ``input_shape``."""
+def target_options(name: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The keyword options of registered target ``name`` that a run's config records (pqt evaluate)."""
+    spec = registered_targets().get(name)
+    return {key: config[key] for key in (spec.options if spec else ()) if config.get(key) is not None}
+
+
+def create_target(name: str, input_shape: tuple[int, ...] = (1, 28, 28), activation: str | None = None,
+                  options: dict[str, Any] | None = None) -> nn.Module:
+    """The target network ``name`` (registered, or ``module:callable``) for images of ``input_shape``.
+
+    ``options``: keyword arguments of a registered target that declares them (e.g. a student's widths).
+    """
     registry = registered_targets()
     if is_user_target(name):
         if activation not in (None, "none"):
@@ -104,7 +123,11 @@ def create_target(name: str, input_shape: tuple[int, ...] = (1, 28, 28), activat
         if spec.input_shape is not None and tuple(spec.input_shape) != tuple(input_shape):
             raise UserError(f"target {name} takes {_shape_text(spec.input_shape)} images but the dataset gives "
                             f"{_shape_text(input_shape)}: choose a matching --dataset or --target")
-        model = spec.build(tuple(input_shape), activation or spec.default_activation)
+        unknown = sorted(set(options or {}) - set(spec.options))
+        if unknown:
+            raise UserError(f"target {name} takes no option(s) {', '.join(unknown)}"
+                            + (f"; its options: {', '.join(spec.options)}" if spec.options else ""))
+        model = spec.build(tuple(input_shape), activation or spec.default_activation, **(options or {}))
     check_target(model, name, input_shape)
     return model
 

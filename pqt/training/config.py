@@ -16,7 +16,7 @@ import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pqt.errors import UserError
 
@@ -67,6 +67,10 @@ def setting(default: Any, help: str, *, group: str, flag: str | None = None, cho
 
 @dataclass
 class TrainConfig:
+    METHOD: ClassVar[str] = "quantum-train"  # the training method (pqt.training.method.create_method)
+    COMMAND: ClassVar[str] = "train"  # the pqt command that trains it (named in messages)
+    GROUPS: ClassVar[dict[str, str]] = GROUPS  # --help groups, in display order
+
     # ---- data
     dataset: str = setting("partial-mnist", "dataset", group="data",
                            choices=("partial-mnist", "mnist", "fashion-mnist", "perceval-quest", "cifar-10"))
@@ -212,6 +216,11 @@ class TrainConfig:
                 f"the photonic backend {self.backend!r}: Perceval's qubit-to-photonic conversion needs 2 modes per "
                 "qubit plus heralded CNOTs, far beyond what can be simulated or run at 13 qubits")
         return self
+
+    @classmethod
+    def settings(cls) -> list[dataclasses.Field]:
+        """The fields that are this configuration's settings (config keys; flags unless ``cli=False``)."""
+        return list(dataclasses.fields(cls))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

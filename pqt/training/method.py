@@ -9,6 +9,10 @@ distributions and a batch of images become a loss:
 - :meth:`Method.batch_loss`: the Adam stage's loss on one batch;
 - :meth:`Method.batch_objective`: the circuit-parameter optimiser's objective on a fixed batch;
 - :meth:`Method.network`: the trained classical network of the round (evaluated and saved as model.pt).
+
+Batches come with the row indices of their images in the training set, so a method can look up
+per-image data it prepared once (:meth:`Method.prepare`; e.g. a distillation teacher's logits).
+:func:`create_method` picks the method a configuration names (its class's ``METHOD``).
 """
 
 from __future__ import annotations
@@ -16,13 +20,18 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pqt.circuits.base import Circuit
+
+if TYPE_CHECKING:
+    from pqt.data import Dataset
+    from pqt.training.config import TrainConfig
 
 
 @dataclass
@@ -39,8 +48,8 @@ class Method(abc.ABC):
     name: ClassVar[str]
     circuits: list[Circuit]
     # True when every Adam step needs fresh circuit evaluations (e.g. new shots each step); the loop then
-    # asks the backend once per step instead of once per Adam stage.
-    fresh_distributions_per_step: ClassVar[bool] = False
+    # asks the backend once per step instead of once per Adam stage. A method may set it per instance.
+    fresh_distributions_per_step: bool = False
 
     @abc.abstractmethod
     def module(self) -> nn.Module:
@@ -75,6 +84,13 @@ class Method(abc.ABC):
         simulate = simulate or (lambda circuit, parameters: circuit.torch_distribution(parameters))
         return [simulate(c, p) for c, p in zip(self.circuits, self.split(flat), strict=True)]
 
+    def prepare(self, train_set: Dataset) -> None:  # noqa: B027  (optional hook)
+        """Called once with the run's training split, before training (row i of it is index i of a batch)."""
+
+    def metrics_fields(self) -> dict[str, Any]:
+        """Method-specific keys of metrics.json, written after ``generator``."""
+        return {}
+
     def begin_round(self, seed: int, round_index: int) -> None:  # noqa: B027  (optional hook)
         """Reseed the method's own random streams for round ``round_index`` (resume replays them)."""
 
@@ -83,16 +99,27 @@ class Method(abc.ABC):
 
     @abc.abstractmethod
     def batch_loss(self, x: torch.Tensor, y: torch.Tensor, dists: Sequence[np.ndarray] | None,
-                   joint_dists: Sequence[torch.Tensor] | None) -> torch.Tensor:
-        """The Adam stage's loss on one batch.
+                   joint_dists: Sequence[torch.Tensor] | None, *, indices: torch.Tensor) -> torch.Tensor:
+        """The Adam stage's loss on one batch (called once per Adam step).
 
         ``dists``: this step's distributions (fresh when :attr:`fresh_distributions_per_step`, else the
-        stage's); ``joint_dists``: differentiable distributions when the circuits train jointly.
+        stage's); ``joint_dists``: differentiable distributions when the circuits train jointly;
+        ``indices``: the batch's rows in the training split.
         """
 
     @abc.abstractmethod
-    def batch_objective(self, images: torch.Tensor, labels: torch.Tensor) -> Callable[[Sequence[np.ndarray]], float]:
+    def batch_objective(self, images: torch.Tensor, labels: torch.Tensor, *,
+                        indices: torch.Tensor) -> Callable[[Sequence[np.ndarray]], float]:
         """The circuit-parameter optimiser's objective on a fixed batch: distributions -> loss (no gradient)."""
+
+    def round_objective(self, network: Network, images: torch.Tensor, labels: torch.Tensor, *,
+                        indices: torch.Tensor) -> float:
+        """The round's network judged by the optimiser's objective on its fixed batch (logged as its end value).
+
+        The default is the cross-entropy, Quantum-Train's objective.
+        """
+        with torch.inference_mode():
+            return float(F.cross_entropy(network.forward(images), labels).item())
 
     @abc.abstractmethod
     def network(self, dists: Sequence[Any]) -> Network:
@@ -104,3 +131,14 @@ class Method(abc.ABC):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.module().load_state_dict(state)
+
+
+def create_method(config: TrainConfig, input_shape: tuple[int, ...], device: torch.device) -> Method:
+    """The method a configuration trains: Quantum-Train for a TrainConfig, distillation for a DistillConfig."""
+    if config.METHOD == "distill":
+        from pqt.distill.method import DistillMethod
+
+        return DistillMethod(config, input_shape, device)  # type: ignore[arg-type]
+    from pqt.training.quantum_train import QuantumTrainMethod
+
+    return QuantumTrainMethod(config, input_shape, device)

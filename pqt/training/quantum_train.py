@@ -55,6 +55,9 @@ class QuantumTrainMethod(Method):
     def parameter_report(self) -> dict[str, Any]:
         return parameter_report(self.generator, self.target)
 
+    def metrics_fields(self) -> dict[str, Any]:
+        return {"target": self.config.target, "bond_dim": self.config.bond_dim}
+
     def begin_round(self, seed: int, round_index: int) -> None:
         self.source.reseed(seed, round_index)
 
@@ -67,7 +70,7 @@ class QuantumTrainMethod(Method):
         return self.generator.generate(self.source.replace(dists))
 
     def batch_loss(self, x: torch.Tensor, y: torch.Tensor, dists: Sequence[np.ndarray] | None,
-                   joint_dists: Sequence[torch.Tensor] | None) -> torch.Tensor:
+                   joint_dists: Sequence[torch.Tensor] | None, *, indices: torch.Tensor) -> torch.Tensor:
         if joint_dists is not None:
             weights = self.generator.generate(joint_dists)
         elif self.source.redraws:
@@ -76,7 +79,8 @@ class QuantumTrainMethod(Method):
             weights = self.generator(self._values)
         return F.cross_entropy(training_forward(self.target, weights, x, self.config.fast_path), y)
 
-    def batch_objective(self, images: torch.Tensor, labels: torch.Tensor) -> Callable[[Sequence[np.ndarray]], float]:
+    def batch_objective(self, images: torch.Tensor, labels: torch.Tensor, *,
+                        indices: torch.Tensor) -> Callable[[Sequence[np.ndarray]], float]:
         loss = FixedBatchLoss(self.target, images, labels, self.config.fast_path)
 
         def objective(dists: Sequence[np.ndarray]) -> float:

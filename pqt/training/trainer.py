@@ -40,7 +40,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import backends
 from backends.base import Backend
@@ -51,7 +50,7 @@ from pqt.targets import loss_and_accuracy
 from pqt.threads import thread_settings
 from pqt.training import run_files
 from pqt.training.config import RESUME_CHANGEABLE, TrainConfig, setting_differences
-from pqt.training.method import Method, Network
+from pqt.training.method import Method, Network, create_method
 from pqt.training.phase_optimizers import (
     COBYLA_OPTIMIZERS,
     PhaseStep,
@@ -137,16 +136,17 @@ def _torch_generator(seed: int, round_index: int, salt: int) -> torch.Generator:
     return g
 
 
-def _check_finite(value: float, where: str, out_dir: Path, finished: int) -> None:
+def _check_finite(value: float, where: str, out_dir: Path, finished: int, command: str = "train") -> None:
     if not math.isfinite(value):
         raise TrainingDiverged(
             f"loss became {value} during {where}; stopped. The last good checkpoint (round {finished}) is "
-            f"kept in {out_dir}: try a lower --adam-lr or --phase-lr, then pqt train --resume {out_dir}"
+            f"kept in {out_dir}: try a lower --adam-lr or --phase-lr, then pqt {command} --resume {out_dir}"
         )
 
 
 class Trainer:
-    """Trains a :class:`Method` (Quantum-Train unless ``method`` is given) for ``config.rounds`` rounds.
+    """Trains a :class:`Method` for ``config.rounds`` rounds: the one the config names (Quantum-Train for a
+    TrainConfig, distillation for a DistillConfig) unless ``method`` is given.
 
     ``log`` receives the detailed line of every round (``pqt train`` writes it to train.log);
     ``progress`` draws the bars and the short console lines (default: stage bars only).
@@ -186,11 +186,8 @@ class Trainer:
                 "--phase-optimizer exact-gradient needs exact probabilities from a differentiable simulation, which "
                 f"backend {config.backend!r} with shots {config.shots or 'exact'} cannot give: "
                 f"{self.backend.exact_gradient_obstacle}; or use --phase-optimizer cobyla or spsa")
-        if method is None:
-            from pqt.training.quantum_train import QuantumTrainMethod
-
-            method = QuantumTrainMethod
-        self.method = method(config, self.train_set.input_shape, self.device)
+        self.method = (method or create_method)(config, self.train_set.input_shape, self.device)
+        self.method.prepare(self.train_set)
         self.circuits = self.method.circuits
         self.model = self.method.module()
         self.adam = torch.optim.Adam(self.model.parameters(), lr=config.adam_lr, weight_decay=config.weight_decay)
@@ -256,6 +253,8 @@ class Trainer:
                 with torch.no_grad():
                     self.circuit_params.copy_(torch.from_numpy(np.concatenate(self.state.parameters)))
                 self.circuit_adam.load_state_dict(ck["circuit_adam"])
+        except UserError:
+            raise  # the method's own check (e.g. a distillation run's teacher changed) says it best
         except Exception as e:  # a damaged file, or one from other settings: name it, no traceback
             detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
             raise UserError(f"cannot resume from {path} ({type(e).__name__}: {detail}); it is damaged or was "
@@ -309,8 +308,9 @@ class Trainer:
                     self.circuit_adam.zero_grad(set_to_none=True)
                 dists = (self._distributions(self.state.parameters, f"r{r}/adam/{epoch}/{step}") if per_step
                          else self.state.dists)
-                loss = self.method.batch_loss(x, y, dists, self._joint_dists() if joint_circuits else None)
-                _check_finite(loss.item(), f"Adam (round {r + 1}, epoch {epoch + 1})", self.out_dir, r)
+                loss = self.method.batch_loss(x, y, dists, self._joint_dists() if joint_circuits else None,
+                                              indices=idx)
+                _check_finite(loss.item(), f"Adam (round {r + 1}, epoch {epoch + 1})", self.out_dir, r, c.COMMAND)
                 loss.backward()
                 self.adam.step()
                 if joint_circuits:
@@ -350,19 +350,20 @@ class Trainer:
                 p["factor"] *= self.config.plateau_factor
                 p["bad_rounds"] = 0
 
-    def _phase_batch(self, r: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Round r's fixed random batch of ``phase_batch`` training images (the optimiser's objective)."""
+    def _phase_batch(self, r: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Round r's fixed random batch of ``phase_batch`` training images (the optimiser's objective):
+        (images, labels, their rows in the training split)."""
         c = self.config
         rng = _stream(c.seed, r, _PHASE_BATCH)
         n = min(c.phase_batch, len(self.train_set))
         idx = torch.from_numpy(rng.choice(len(self.train_set), size=n, replace=False))
-        return self.train_set.images[idx].to(self.device), self.train_set.labels[idx].to(self.device)
+        return self.train_set.images[idx].to(self.device), self.train_set.labels[idx].to(self.device), idx
 
-    def _phase_stage(self, r: int, batch: tuple[torch.Tensor, torch.Tensor]) -> PhaseStep | None:
+    def _phase_stage(self, r: int, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> PhaseStep | None:
         c = self.config
-        if self.joint:
-            return None  # the circuit parameters trained with the model in the Adam stage
-        loss_on_batch = self.method.batch_objective(*batch)
+        if self.joint or not self.circuits:
+            return None  # trained with the model in the Adam stage, or a method without circuits
+        loss_on_batch = self.method.batch_objective(batch[0], batch[1], indices=batch[2])
         counter = iter(range(10**12))
         bar = self.progress.stage(f"round {r + 1} {c.phase_optimizer}",
                                   c.cobyla_maxiter if c.phase_optimizer in COBYLA_OPTIMIZERS
@@ -371,7 +372,7 @@ class Trainer:
         def objective(theta: np.ndarray) -> float:
             tag = f"r{r}/{c.phase_optimizer}/{next(counter)}"
             value = loss_on_batch(self._distributions(self.method.split(theta), tag))
-            _check_finite(value, f"the phase optimizer (round {r + 1})", self.out_dir, r)
+            _check_finite(value, f"the phase optimizer (round {r + 1})", self.out_dir, r, c.COMMAND)
             bar.update(1)
             return value
 
@@ -414,8 +415,7 @@ class Trainer:
         if step is not None:
             # The optimiser's chosen point, judged on these fresh evaluations rather than by the minimum of its
             # own (shot-noisy) ones: the improvement the log reports is then not a selection effect.
-            with torch.inference_mode():
-                objective_end = float(F.cross_entropy(network.forward(batch[0]), batch[1]).item())
+            objective_end = self.method.round_objective(network, batch[0], batch[1], indices=batch[2])
         if c.lr_schedule == "plateau":
             self._update_plateau(adam_loss)
         train_loss, train_acc = self.evaluate(network, self.train_set)
@@ -424,7 +424,7 @@ class Trainer:
         if self.validation_set is not None:
             val_loss, val_acc = self.evaluate(network, self.validation_set)
             validation = {"validation_loss": val_loss, "validation_accuracy": val_acc}
-        _check_finite(train_loss, f"evaluation (round {r + 1})", self.out_dir, r)
+        _check_finite(train_loss, f"evaluation (round {r + 1})", self.out_dir, r, c.COMMAND)
         seconds = time.perf_counter() - started
         counters = self.backend.counters
         entry = {
@@ -477,8 +477,8 @@ class Trainer:
         return {
             "status": status, "stop_reason": reason, "notes": self.stop_notes,
             **run_files.final_results(last),
-            "method": self.method.name, "generator": self.method.describe(), "target": c.target,
-            "bond_dim": c.bond_dim, **self.report,
+            "method": self.method.name, "generator": self.method.describe(), **self.method.metrics_fields(),
+            **self.report,
             "shots": c.shots if c.shots is not None else "exact", "backend": c.backend,
             "backend_settings": self.backend.describe(),
             "phase_optimizer": c.phase_optimizer, "dataset": c.dataset,

@@ -8,7 +8,7 @@ A study is a TOML file::
 
     name = "table3"                      # results/<name>.csv, runs in OUT/<name>/
     protocol = "reduced-20x200"          # a short label written into every table
-    kind = "qt"                          # "qt" (pqt train, default) or "baseline" (pqt baseline)
+    kind = "qt"                          # "qt" (pqt train, default), "distill" (pqt distill) or "baseline"
     extends = "protocols/reduced.toml"   # optional: its `protocol` and [base] are the defaults
     [base]                               # settings shared by every run (TrainConfig / BaselineConfig keys)
     rounds = 20

@@ -23,10 +23,11 @@ def describe_plan(study: Study, out: str | Path = DEFAULT_OUT) -> list[str]:
         except UserError as e:
             state, detail = "invalid", str(e)
         counts[state] += 1
-        if state in ("new", "resume") and study.kind == "qt":
+        if state in ("new", "resume") and study.kind in ("qt", "distill"):
+            from pqt.distill.accounting import plan_distill
             from pqt.training.accounting import plan_run
 
-            plan = plan_run(config)
+            plan = plan_run(config) if study.kind == "qt" else plan_distill(config)
             remaining = 1.0
             if state == "resume":
                 remaining = 1 - fraction_done(root / run.name, study.kind)
@@ -37,6 +38,6 @@ def describe_plan(study: Study, out: str | Path = DEFAULT_OUT) -> list[str]:
             f"{counts['new']} new, {counts['resume']} to resume, {counts['finished']} finished, "
             f"{counts['mismatch'] + counts['invalid']} refused")
     tail = []
-    if study.kind == "qt":
+    if study.kind in ("qt", "distill"):
         tail.append(f"circuit evaluations still to do: <= {evaluations:,}; shots: <= {shots:,} (upper bounds)")
     return [head, *lines, *tail]

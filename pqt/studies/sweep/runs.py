@@ -83,13 +83,15 @@ def read_error(run_dir: Path) -> str | None:
     return lines[0] if lines else "failed"
 
 
-def _run_qt(config: dict[str, Any], run_dir: Path, resume: bool, progress: Callable[[float], None]) -> None:
+def _run_loop(kind: str, config: dict[str, Any], run_dir: Path, resume: bool,
+              progress: Callable[[float], None]) -> None:
+    """A run of the one training loop: Quantum-Train (kind qt) or distillation (kind distill)."""
     from pqt.interrupts import restore_sigint
+    from pqt.studies.sweep.study_file import config_class
     from pqt.training import provenance
-    from pqt.training.config import TrainConfig
     from pqt.training.trainer import Trainer
 
-    cfg = TrainConfig.from_dict(config).validate()
+    cfg = config_class(kind).from_dict(config).validate()
     holder: list[Any] = []
 
     def log(line: str) -> None:
@@ -103,6 +105,9 @@ def _run_qt(config: dict[str, Any], run_dir: Path, resume: bool, progress: Calla
     if resume:
         trainer.load()
         log(f"pqt sweep: resuming after round {trainer.state.round} of {cfg.rounds}")
+    elif kind == "distill":
+        log(f"pqt sweep: starting a {cfg.student} student, widths {list(cfg.widths)}, seed {cfg.seed} "
+            f"({cfg.rounds} rounds)")
     else:
         log(f"pqt sweep: starting {cfg.generator} generator, {cfg.mapper_kind} mapper, seed {cfg.seed} "
             f"({cfg.rounds} rounds)")
@@ -154,8 +159,8 @@ def _execute_locked(kind: str, config: dict[str, Any], run_dir: Path,
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / ERROR_FILE).unlink(missing_ok=True)
     try:
-        if kind == "qt":
-            _run_qt(config, run_dir, state == "resume", progress)
+        if kind in ("qt", "distill"):
+            _run_loop(kind, config, run_dir, state == "resume", progress)
         else:
             _run_baseline(config, run_dir, progress)
     except UserError as e:

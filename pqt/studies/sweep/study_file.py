@@ -15,7 +15,7 @@ from typing import Any
 from pqt.errors import UserError
 from pqt.training.run_files import LOCK
 
-KINDS = ("qt", "baseline")
+KINDS = ("qt", "distill", "baseline")  # pqt train, pqt distill, pqt baseline
 DEFAULT_METRICS = ("test_accuracy", "train_accuracy", "generalization_error", "trainable_parameters",
                    "paper_count_parameters", "wall_seconds")
 # Written to <name>.csv for every run, after the report's metrics.
@@ -33,10 +33,11 @@ DEFAULT_RESULTS = Path("experiments/results")
 _STUDY_KEYS = {"name", "protocol", "description", "kind", "extends", "base", "grid", "report"}
 _REPORT_KEYS = {"group_by", "metrics", "std", "compare", "reference", "compare_metric"}
 # Settings a run may change between start and resume: the length of the run (and its shot budget) ...
-EXTENDABLE = {"qt": ("rounds", "max_shots"), "baseline": ("epochs",)}
+EXTENDABLE = {"qt": ("rounds", "max_shots"), "distill": ("rounds", "max_shots"), "baseline": ("epochs",)}
 # ... and where / how fast it runs, which does not change what it computes.
 NEUTRAL = ("threads", "device", "data_dir")
-LENGTH_KEYS = {"qt": ("rounds", "rounds_completed"), "baseline": ("epochs", "epochs_completed")}
+LENGTH_KEYS = {"qt": ("rounds", "rounds_completed"), "distill": ("rounds", "rounds_completed"),
+               "baseline": ("epochs", "epochs_completed")}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -83,6 +84,10 @@ def config_class(kind: str) -> Any:
         from pqt.training.config import TrainConfig
 
         return TrainConfig
+    if kind == "distill":
+        from pqt.distill.config import DistillConfig
+
+        return DistillConfig
     if kind == "baseline":
         from pqt.studies.baseline_config import BaselineConfig  # the settings only: no torch
 
