@@ -312,7 +312,9 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert all(torch.equal(ma[k], mb[k]) for k in ma)
 
     def strip(m: dict[str, Any]) -> dict[str, Any]:
-        m = {k: v for k, v in m.items() if k not in ("wall_seconds", "resumes")}
+        # timing (total, this attempt, the rounds', each attempt's) and how the run was resumed
+        m = {k: v for k, v in m.items()
+             if k not in ("wall_seconds", "wall_seconds_attempt", "rounds_seconds", "attempts", "resumes")}
         m["history"] = [{k: v for k, v in e.items() if k != "seconds"} for e in m["history"]]
         return m
 

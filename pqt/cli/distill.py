@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from pqt.cli.flags import add_config_flags
-from pqt.cli.train import RESUME_CHANGEABLE, add_output_flags, print_plan, run_training
+from pqt.cli.train import add_output_flags, print_plan, run_training
 from pqt.distill.config import DistillConfig
 
 # A resume may also point at the same teacher in another place (its SHA-256 is checked).
-DISTILL_RESUME_CHANGEABLE = RESUME_CHANGEABLE | {"teacher"}
+DISTILL_RESUME_CHANGEABLE = DistillConfig.RESUME_CHANGEABLE
 
 
 def add_distill_parsers(sub: Any) -> None:

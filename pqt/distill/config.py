@@ -42,6 +42,8 @@ class DistillConfig(TrainConfig):
     METHOD: ClassVar[str] = "distill"
     COMMAND: ClassVar[str] = "distill"
     GROUPS: ClassVar[dict[str, str]] = DISTILL_GROUPS
+    # a resume may also point at the same teacher in another place
+    RESUME_CHANGEABLE: ClassVar[frozenset[str]] = TrainConfig.RESUME_CHANGEABLE | {"teacher"}
 
     # ---- loop settings with other defaults or other meaning here
     qnn_modes: tuple[int, ...] = setting((8,), "modes of each interferometer (phi concatenates their "

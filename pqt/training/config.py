@@ -70,6 +70,8 @@ class TrainConfig:
     METHOD: ClassVar[str] = "quantum-train"  # the training method (pqt.training.method.create_method)
     COMMAND: ClassVar[str] = "train"  # the pqt command that trains it (named in messages)
     GROUPS: ClassVar[dict[str, str]] = GROUPS  # --help groups, in display order
+    # what `--resume` may change (a moved data folder too: the same data); anything else is another experiment
+    RESUME_CHANGEABLE: ClassVar[frozenset[str]] = RESUME_CHANGEABLE
 
     # ---- data
     dataset: str = setting("partial-mnist", "dataset", group="data",

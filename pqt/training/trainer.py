@@ -49,7 +49,7 @@ from pqt.interrupts import Terminated
 from pqt.targets import loss_and_accuracy
 from pqt.threads import thread_settings
 from pqt.training import run_files
-from pqt.training.config import RESUME_CHANGEABLE, TrainConfig, setting_differences
+from pqt.training.config import TrainConfig, setting_differences
 from pqt.training.method import Method, Network, create_method
 from pqt.training.phase_optimizers import (
     COBYLA_OPTIMIZERS,
@@ -235,7 +235,7 @@ class Trainer:
             raise UserError(f"cannot resume from {path} ({type(e).__name__}: {detail}); it is damaged or not a "
                             "pqt checkpoint: start a new run with --out DIR") from None
         # A moved data folder holds the same data; anything else outside RESUME_CHANGEABLE is another experiment.
-        diffs = setting_differences(recorded, self.config.to_dict(), RESUME_CHANGEABLE | {"data_dir"})
+        diffs = setting_differences(recorded, self.config.to_dict(), type(self.config).RESUME_CHANGEABLE | {"data_dir"})
         if diffs:
             listed = "; ".join(f"{k}: {a!r} there, {b!r} here" for k, (a, b) in list(diffs.items())[:4])
             raise UserError(f"{path} was written with other settings ({listed}); resume it with its own settings "
