@@ -31,7 +31,10 @@ def add_distill_parsers(sub: Any) -> None:
     out.add_argument("--json", action="store_true", help="with --params or --dry-run: print JSON")
     p.set_defaults(func=cmd_distill)
 
-    from pqt.distill.teacher import DEFAULT_AUGMENT_SHIFT, DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR
+    from pqt.distill.config import TEACHER_DEFAULT_AUGMENT_SHIFT as DEFAULT_AUGMENT_SHIFT
+    from pqt.distill.config import TEACHER_DEFAULT_BATCH_SIZE as DEFAULT_BATCH_SIZE
+    from pqt.distill.config import TEACHER_DEFAULT_EPOCHS as DEFAULT_EPOCHS
+    from pqt.distill.config import TEACHER_DEFAULT_LR as DEFAULT_LR
 
     p = sub.add_parser("teacher", help="train a distillation teacher (a high-capacity CNN) for a dataset",
                        description="Train the classical teacher that 'pqt distill --teacher DIR' distils. An "

@@ -24,16 +24,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from pqt.distill import config as distill_config
 from pqt.errors import UserError
 from pqt.training import run_files
 
 LOGITS_FILE = "train_logits.pt"
-# Defaults of pqt teacher: measured on partial-MNIST (98% test after 20 epochs; 97.2% with Adam 1e-3, batch 128,
-# 15 epochs): the teachers study's protocol (experiments/teachers.toml).
-DEFAULT_EPOCHS = 20
-DEFAULT_LR = 2e-3
-DEFAULT_BATCH_SIZE = 64
-DEFAULT_AUGMENT_SHIFT = 2  # pixels: random translations, the usual augmentation for digits
+# The defaults live in the torch-free config module so that 'pqt --help' stays fast.
+DEFAULT_EPOCHS = distill_config.TEACHER_DEFAULT_EPOCHS
+DEFAULT_LR = distill_config.TEACHER_DEFAULT_LR
+DEFAULT_BATCH_SIZE = distill_config.TEACHER_DEFAULT_BATCH_SIZE
+DEFAULT_AUGMENT_SHIFT = distill_config.TEACHER_DEFAULT_AUGMENT_SHIFT
 
 
 def default_architecture(input_shape: tuple[int, ...]) -> str:
