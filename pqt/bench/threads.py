@@ -13,26 +13,15 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
+
+from pqt.bench.timing import median_ms
 
 STAGES = ("adam_step", "cobyla_evaluation", "round_evaluation")
 POLICIES = ("active", "passive")  # OMP_WAIT_POLICY; libgomp's default spins (active) for a while
-
-
-def _median_ms(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def worker(repeats: int) -> dict[str, float]:
@@ -79,8 +68,8 @@ def worker(repeats: int) -> dict[str, float]:
             weights = generator(values)
         loss_and_accuracy(lambda b: functional_forward(target, weights, b), every, every_labels)
 
-    return {"adam_step": _median_ms(adam_step, repeats), "cobyla_evaluation": _median_ms(cobyla_evaluation, repeats),
-            "round_evaluation": _median_ms(round_evaluation, max(3, repeats // 3)),
+    return {"adam_step": median_ms(adam_step, repeats), "cobyla_evaluation": median_ms(cobyla_evaluation, repeats),
+            "round_evaluation": median_ms(round_evaluation, max(3, repeats // 3)),
             "torch_threads": torch.get_num_threads()}
 
 
