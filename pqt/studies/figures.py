@@ -647,10 +647,11 @@ class _DistillFigures(_Figures):
             self.log(f"skipped pqkd_frontier.png: {self.results / 'pqkd_frontier_summary.csv'} not found")
             return
         fig, axes = self.plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.8), squeeze=False)
-        protocols = []
+        protocols, ns = [], []
         for ax, (study, label) in zip(axes[0], panels, strict=True):
             rows = _read(self.results / f"{study}_summary.csv")
             protocols.append(self.protocol(study, rows))
+            ns += [int(_num(r["n"])) for r in rows if not math.isnan(_num(r.get("n")))]
             series: dict[str, list[dict[str, str]]] = defaultdict(list)
             for r in rows:
                 if r.get("student") == "plain":
@@ -689,7 +690,7 @@ class _DistillFigures(_Figures):
             ax.set_title(label, fontsize=10)
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=7, loc="lower right")
-        fig.suptitle(_wrap("PQKD compression-accuracy frontier; mean ± std over seeds; protocols: "
+        fig.suptitle(_wrap(f"PQKD compression-accuracy frontier; {seeds_text(ns)}; protocols: "
                            + "; ".join(dict.fromkeys(protocols)), 130), fontsize=9)
         self.save(fig, "pqkd_frontier.png")
 
@@ -757,7 +758,8 @@ class _DistillFigures(_Figures):
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=7)
         protocol = self.protocol("pqkd_shots", rows)
-        fig.suptitle(_wrap(f"PQKD under finite sampling ({protocol}); mean ± std over seeds", 130), fontsize=9)
+        ns = [int(_num(r["n"])) for r in rows if not math.isnan(_num(r.get("n")))]
+        fig.suptitle(_wrap(f"PQKD under finite sampling ({protocol}); {seeds_text(ns)}", 130), fontsize=9)
         self.save(fig, "pqkd_shots.png")
 
 
