@@ -31,10 +31,8 @@ def add_distill_parsers(sub: Any) -> None:
     out.add_argument("--json", action="store_true", help="with --params or --dry-run: print JSON")
     p.set_defaults(func=cmd_distill)
 
-    from pqt.distill.config import TEACHER_DEFAULT_AUGMENT_SHIFT as DEFAULT_AUGMENT_SHIFT
-    from pqt.distill.config import TEACHER_DEFAULT_BATCH_SIZE as DEFAULT_BATCH_SIZE
-    from pqt.distill.config import TEACHER_DEFAULT_EPOCHS as DEFAULT_EPOCHS
-    from pqt.distill.config import TEACHER_DEFAULT_LR as DEFAULT_LR
+    # pqt teacher's defaults live in the torch-free config module, so that building the parser stays fast
+    from pqt.distill import config as defaults
 
     p = sub.add_parser("teacher", help="train a distillation teacher (a high-capacity CNN) for a dataset",
                        description="Train the classical teacher that 'pqt distill --teacher DIR' distils. An "
@@ -45,15 +43,16 @@ def add_distill_parsers(sub: Any) -> None:
     p.add_argument("--data-dir", metavar="DIR", help="data folder (else PQT_DATA_DIR, else ../shared/data)")
     p.add_argument("--architecture", choices=("teacher-cnn", "teacher-resnet"),
                    help="teacher network (default: teacher-resnet for cifar-10, teacher-cnn otherwise)")
-    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"epochs (default: {DEFAULT_EPOCHS})")
-    p.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"Adam learning rate (default: {DEFAULT_LR})")
+    p.add_argument("--epochs", type=int, default=defaults.TEACHER_DEFAULT_EPOCHS, help="epochs (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=defaults.TEACHER_DEFAULT_LR,
+                   help="Adam learning rate (default: %(default)s)")
     p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="cosine",
                    help="learning rate: constant, or cosine decay to 0 over the epochs (default: cosine)")
-    p.add_argument("--augment-shift", type=int, default=DEFAULT_AUGMENT_SHIFT, metavar="PIXELS",
+    p.add_argument("--augment-shift", type=int, default=defaults.TEACHER_DEFAULT_AUGMENT_SHIFT, metavar="PIXELS",
                    help="translate each training image by a random offset of up to PIXELS, afresh every epoch "
-                        f"(0: off; default: {DEFAULT_AUGMENT_SHIFT})")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                   help=f"batch size (default: {DEFAULT_BATCH_SIZE})")
+                        "(0: off; default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=defaults.TEACHER_DEFAULT_BATCH_SIZE,
+                   help="batch size (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--train-limit", type=int, metavar="N", help="use only the first N training images")
     p.add_argument("--test-limit", type=int, metavar="N", help="use only the first N test images")

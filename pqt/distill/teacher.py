@@ -24,16 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from pqt.distill import config as distill_config
 from pqt.errors import UserError
 from pqt.training import run_files
 
 LOGITS_FILE = "train_logits.pt"
-# The defaults live in the torch-free config module so that 'pqt --help' stays fast.
-DEFAULT_EPOCHS = distill_config.TEACHER_DEFAULT_EPOCHS
-DEFAULT_LR = distill_config.TEACHER_DEFAULT_LR
-DEFAULT_BATCH_SIZE = distill_config.TEACHER_DEFAULT_BATCH_SIZE
-DEFAULT_AUGMENT_SHIFT = distill_config.TEACHER_DEFAULT_AUGMENT_SHIFT
 
 
 def default_architecture(input_shape: tuple[int, ...]) -> str:

@@ -89,6 +89,11 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
 
 
+def _seed_counts(rows: list[dict[str, str]]) -> list[int]:
+    """The finished-seed count (column n) of each summary row that has one."""
+    return [int(_num(r["n"])) for r in rows if not math.isnan(_num(r.get("n")))]
+
+
 def _std(row: dict[str, str], metric: str, scale: float = 1.0) -> float:
     value = _num(row.get(f"{metric}_std"))
     return 0.0 if math.isnan(value) else scale * value
@@ -365,7 +370,7 @@ class _Figures:
         qt.sort(key=lambda r: _num(r.get(count)))
         scale = 100.0 if metric == "test_accuracy" else 1.0
         fig, ax = self.plt.subplots(figsize=(9.5, 4.8))
-        qt_n = sorted({int(_num(r["n"])) for r in qt if not math.isnan(_num(r.get("n")))})
+        qt_n = sorted(set(_seed_counts(qt)))
         n_text = f", {n_seeds(qt_n)} each" if qt_n else ""
         xs = [_num(r[count]) for r in qt]
         ys = [scale * _num(r[f"{metric}_mean"]) for r in qt]
@@ -383,7 +388,7 @@ class _Figures:
             rows = sorted(rows, key=lambda r: _num(r.get("trainable_parameters_mean")))
             if f"{metric}_mean" not in rows[0]:
                 continue
-            baseline_n |= {int(_num(r["n"])) for r in rows if not math.isnan(_num(r.get("n")))}
+            baseline_n |= set(_seed_counts(rows))
             xs = [_num(r["trainable_parameters_mean"]) for r in rows]
             ys = [scale * _num(r[f"{metric}_mean"]) for r in rows]
             es = [_std(r, metric, scale) for r in rows]
@@ -473,7 +478,7 @@ class _Figures:
         rows = tables[0]
         finite = sorted((r for r in rows if not math.isnan(_num(r.get("shots")))), key=lambda r: _num(r["shots"]))
         exact = [r for r in rows if r.get("shots") in ("", "exact", "none")]
-        ns = [int(_num(r["n"])) for r in rows if not math.isnan(_num(r.get("n")))]
+        ns = _seed_counts(rows)
         fig, ax = self.plt.subplots(figsize=(8.5, 4.5))
         if finite:
             ax.errorbar([_num(r["shots"]) for r in finite], [100 * _num(r["test_accuracy_mean"]) for r in finite],
@@ -500,7 +505,7 @@ class _Figures:
         rows = tables[0]
         knobs = [k for k in NOISE_KNOBS if k[0] in rows[0]]
         lines, together = noise_lines(rows)
-        ns = [int(_num(r["n"])) for r in rows if not math.isnan(_num(r.get("n")))]
+        ns = _seed_counts(rows)
         metrics = (("test_accuracy", "test accuracy (%)"), ("postselection_rate", "post-selection rate (%)"))
         fig, axes = self.plt.subplots(2, len(knobs), figsize=(3.3 * len(knobs), 6.5), sharey="row", squeeze=False)
         for col, (key, ideal, label) in enumerate(knobs):
@@ -651,7 +656,7 @@ class _DistillFigures(_Figures):
         for ax, (study, label) in zip(axes[0], panels, strict=True):
             rows = _read(self.results / f"{study}_summary.csv")
             protocols.append(self.protocol(study, rows))
-            ns += [int(_num(r["n"])) for r in rows if not math.isnan(_num(r.get("n")))]
+            ns += _seed_counts(rows)
             series: dict[str, list[dict[str, str]]] = defaultdict(list)
             for r in rows:
                 if r.get("student") == "plain":
@@ -758,7 +763,7 @@ class _DistillFigures(_Figures):
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=7)
         protocol = self.protocol("pqkd_shots", rows)
-        ns = [int(_num(r["n"])) for r in rows if not math.isnan(_num(r.get("n")))]
+        ns = _seed_counts(rows)
         fig.suptitle(_wrap(f"PQKD under finite sampling ({protocol}); {seeds_text(ns)}", 130), fontsize=9)
         self.save(fig, "pqkd_shots.png")
 
