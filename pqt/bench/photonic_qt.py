@@ -32,22 +32,33 @@ def _bench_images() -> tuple[torch.Tensor, torch.Tensor, str]:
         return images, torch.randint(0, 10, (BENCH_IMAGES,), generator=g), "random pixels"
 
 
-def run(repeats: int) -> dict[str, Any]:
-    from backends.local import SLOSBackend
-    from pqt.circuits.photonic import PhotonicQNN, perceval_distribution, sample_frequencies
-    from pqt.distributions.combine import combine_distributions
+def bench_pipeline() -> tuple[list[Any], list[np.ndarray], torch.nn.Module, Any]:
+    """The paper's pipeline at the bench's size: both QNNs, seeded random phases, the CNN and a generator
+    whose MPS has non-trivial weights (shared by this section and ``threads``, so both time the same work)."""
+    from pqt.circuits.photonic import PhotonicQNN
     from pqt.generator import QuantumTrainGenerator
     from pqt.mappers import MPSMapper
-    from pqt.targets import PaperCNN, functional_forward, n_parameters
-    from pqt.targets.paper_cnn_fast import FixedBatchLoss, plain_loss
+    from pqt.targets import PaperCNN, n_parameters
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     qnns = [PhotonicQNN(9, 4), PhotonicQNN(8, 4)]
     phases = [q.random_parameters(rng) for q in qnns]
     target = PaperCNN()
+    generator = QuantumTrainGenerator(qnns, MPSMapper(n_parameters(target), BENCH_CHI, init_std=0.05))
+    return qnns, phases, target, generator
+
+
+def run(repeats: int) -> dict[str, Any]:
+    from backends.local import SLOSBackend
+    from pqt.circuits.photonic import perceval_distribution, sample_frequencies
+    from pqt.distributions.combine import combine_distributions
+    from pqt.targets import functional_forward, n_parameters
+    from pqt.targets.paper_cnn_fast import FixedBatchLoss, plain_loss
+
+    qnns, phases, target, generator = bench_pipeline()
     m = n_parameters(target)
-    generator = QuantumTrainGenerator(qnns, MPSMapper(m, BENCH_CHI, init_std=0.05))  # non-trivial weights
+    rng = np.random.default_rng(1)  # the shot sampling's draws
 
     def reference_weights(values: torch.Tensor) -> torch.Tensor:
         raw = generator.mapper.reference_forward(values)

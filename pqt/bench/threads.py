@@ -26,24 +26,15 @@ POLICIES = ("active", "passive")  # OMP_WAIT_POLICY; libgomp's default spins (ac
 
 def worker(repeats: int) -> dict[str, float]:
     """Time the three stages in this process (its threads and wait policy set by the caller's environment)."""
-    import numpy as np
     import torch
     import torch.nn.functional as F
 
     from backends.local import SLOSBackend
-    from pqt.bench.photonic_qt import BENCH_CHI, BENCH_SHOTS, _bench_images
-    from pqt.circuits.photonic import PhotonicQNN
-    from pqt.generator import QuantumTrainGenerator
-    from pqt.mappers import MPSMapper
-    from pqt.targets import PaperCNN, functional_forward, loss_and_accuracy, n_parameters
+    from pqt.bench.photonic_qt import BENCH_SHOTS, _bench_images, bench_pipeline
+    from pqt.targets import functional_forward, loss_and_accuracy
     from pqt.targets.paper_cnn_fast import FixedBatchLoss, training_forward
 
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    qnns = [PhotonicQNN(9, 4), PhotonicQNN(8, 4)]
-    phases = [q.random_parameters(rng) for q in qnns]
-    target = PaperCNN()
-    generator = QuantumTrainGenerator(qnns, MPSMapper(n_parameters(target), BENCH_CHI, init_std=0.05))
+    qnns, phases, target, generator = bench_pipeline()
     images, labels, _ = _bench_images()
     backend = SLOSBackend(shots=BENCH_SHOTS, seed=0)
     loss = FixedBatchLoss(target, images, labels)
