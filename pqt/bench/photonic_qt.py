@@ -6,13 +6,17 @@ per distribution, the MPS contracted once per weight, and the CNN's plain functi
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from pqt.bench.timing import median_ms
+
+if TYPE_CHECKING:  # imported inside the functions, so that Perceval loads only when a section runs
+    from pqt.circuits.photonic import PhotonicQNN
+    from pqt.generator import QuantumTrainGenerator
 
 BENCH_CHI = 10
 BENCH_IMAGES = 1000
@@ -32,7 +36,7 @@ def _bench_images() -> tuple[torch.Tensor, torch.Tensor, str]:
         return images, torch.randint(0, 10, (BENCH_IMAGES,), generator=g), "random pixels"
 
 
-def bench_pipeline() -> tuple[list[Any], list[np.ndarray], torch.nn.Module, Any]:
+def bench_pipeline() -> tuple[list[PhotonicQNN], list[np.ndarray], torch.nn.Module, QuantumTrainGenerator]:
     """The paper's pipeline at the bench's size: both QNNs, seeded random phases, the CNN and a generator
     whose MPS has non-trivial weights (shared by this section and ``threads``, so both time the same work)."""
     from pqt.circuits.photonic import PhotonicQNN
